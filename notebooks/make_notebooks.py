@@ -1,0 +1,103 @@
+"""Writes the thin notebooks of this folder (run once after editing; outputs stay empty).
+
+    python notebooks/make_notebooks.py
+"""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+HERE = Path(__file__).resolve().parent
+
+
+def notebook(title: str, params: str, cells: list[str]) -> nbf.NotebookNode:
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbf.v4.new_markdown_cell(title))
+    p = nbf.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells.append(p)
+    for c in cells:
+        if c.startswith("#md "):
+            nb.cells.append(nbf.v4.new_markdown_cell(c[4:]))
+        else:
+            nb.cells.append(nbf.v4.new_code_cell(c))
+    return nb
+
+
+NOTEBOOKS = {
+    "01_pck_tables.ipynb": notebook(
+        "# PCK tables: this repository vs the published numbers\n\n"
+        "Every number below comes from `reports/metrics/pck.json` (written by `weakalign evaluate metrics` "
+        "from cached predictions) or from `weakalign/evaluation/paper_results.yaml` (published numbers, each "
+        "with its source). The protocol of each row is in its `note` column.",
+        'metrics_path = "reports/metrics/pck.json"\nout_dir = "reports/tables"\nbenchmarks = ["pf-willow", "pf-pascal"]',
+        [
+            "from pathlib import Path\nfrom IPython.display import Markdown, display\nfrom weakalign import reports",
+            "for bench in benchmarks:\n"
+            "    df = reports.comparison_table(metrics_path, bench)\n"
+            "    md = f'## {bench}\\n\\nPCK@0.1\\n\\n' + reports.to_markdown(df)\n"
+            "    Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
+            "    (Path(out_dir) / f'pck_vs_paper_{bench}.md').write_text(md)\n"
+            "    display(Markdown(md))",
+        ],
+    ),
+    "02_inlier_mask_ablation.ipynb": notebook(
+        "# Ablation: the inlier mask\n\n"
+        "The weakly-supervised fine-tuning maximises a soft-inlier count. These rows compare variants that differ "
+        "only in the mask (no mask, tolerance 0/1/2 cells) and in which parts of the network are trained, on the "
+        "same benchmark and protocol.",
+        'metrics_path = "reports/metrics/pck.json"\nbenchmark = "pf-willow"\nout_dir = "reports/figures"',
+        [
+            "import matplotlib.pyplot as plt\nimport seaborn as sns\nfrom IPython.display import Markdown, display\nfrom weakalign import reports",
+            "df = reports.pck_frame(metrics_path, benchmark)\n"
+            "df = df[df['transform'].isin(['affine+TPS', 'identity'])]\n"
+            "display(Markdown(reports.to_markdown(df)))",
+            "if df['PCK'].notna().any():\n"
+            "    fig, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1))\n"
+            "    sns.barplot(data=df, y='model', x='PCK', ax=ax, color='tab:blue')\n"
+            "    ax.set_xlabel(f'PCK@0.1 on {benchmark} (default protocol)'); ax.set_ylabel('')\n"
+            "    reports.save_figure(fig, f'{out_dir}/ablation_{benchmark}.png')",
+        ],
+    ),
+    "03_qualitative.ipynb": notebook(
+        "# Qualitative results\n\nSource, target, aligned source and keypoint transfer for a few PF-WILLOW pairs, "
+        "and the matches that the inlier mask keeps vs discards.",
+        'checkpoint = "models/weak_affine_tps.pt"\nbenchmark = "pf-willow"\npairs = [0, 100, 250, 400]\nout_dir = "reports/figures"',
+        [
+            "from pathlib import Path\nfrom weakalign import figures",
+            "if Path(checkpoint).is_file():\n"
+            "    for i in pairs:\n"
+            "        fig = figures.pair_figure(checkpoint, benchmark, i)\n"
+            "        figures.save(fig, f'{out_dir}/qualitative_{benchmark}_{i}.png')\n"
+            "else:\n"
+            "    print(f'{checkpoint} not found: run the training stages first')",
+        ],
+    ),
+    "04_per_category_and_curves.ipynb": notebook(
+        "# Per-category PCK and PCK-vs-alpha curves",
+        'metrics_path = "reports/metrics/pck.json"\nplots_dir = "reports/plots"\nbenchmark = "pf-willow"\nout_dir = "reports/figures"',
+        [
+            "import pandas as pd\nimport matplotlib.pyplot as plt\nimport seaborn as sns\nfrom pathlib import Path\nfrom weakalign import reports",
+            "cat = reports.per_category_frame(metrics_path, benchmark)\n"
+            "if len(cat):\n"
+            "    pivot = cat.pivot(index='category', columns='model', values='PCK')\n"
+            "    fig, ax = plt.subplots(figsize=(1.2 * len(pivot.columns) + 3, 0.4 * len(pivot) + 1.5))\n"
+            "    sns.heatmap(pivot, annot=True, fmt='.2f', cmap='viridis', vmin=0, vmax=1, ax=ax)\n"
+            "    ax.set_title(f'{benchmark}: PCK@0.1 per category')\n"
+            "    reports.save_figure(fig, f'{out_dir}/per_category_{benchmark}.png')",
+            "curve = Path(plots_dir) / f'pck_curve_{benchmark}.csv'\n"
+            "if curve.is_file():\n"
+            "    df = pd.read_csv(curve)\n"
+            "    fig, ax = plt.subplots(figsize=(7, 4.5))\n"
+            "    sns.lineplot(data=df, x='alpha', y='pck', hue='model', marker='o', ax=ax)\n"
+            "    ax.set_xlabel('alpha'); ax.set_ylabel('PCK'); ax.set_ylim(0, 1); ax.grid(alpha=0.3)\n"
+            "    reports.save_figure(fig, f'{out_dir}/pck_curve_{benchmark}.png')",
+        ],
+    ),
+}
+
+if __name__ == "__main__":
+    for name, nb in NOTEBOOKS.items():
+        nbf.write(nb, HERE / name)
+        print("wrote", name)

@@ -1,0 +1,81 @@
+"""The fast evaluation path equals the reference-style one; metrics from a cached fixture."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from weakalign.data.csvio import PF_WILLOW_HEADER
+from weakalign.data.datasets import PFWillowDataset
+from weakalign.evaluation import PCKProtocol
+from weakalign.evaluation.metrics import pck_table
+from weakalign.evaluation.predict import predict_pairs, predict_pairs_naive
+from weakalign.models import CNNGeometric, ModelConfig, TwoStageCNNGeometric
+
+CFG = ModelConfig(backbone="tiny", image_size=(240, 240))
+
+
+@pytest.fixture
+def tiny_willow(tmp_path):
+    """A PF-WILLOW-format benchmark: 2 categories x 3 images, all ordered pairs (12)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pf-willow"
+    rows = []
+    for cat in ("car(G)", "duck(S)"):
+        d = root / "PF-dataset" / cat
+        d.mkdir(parents=True)
+        names = []
+        for i in range(3):
+            h, w = int(rng.integers(150, 260)), int(rng.integers(150, 260))
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / f"img{i}.png")
+            names.append((f"PF-dataset/{cat}/img{i}.png", h, w))
+        for a in names:
+            for b in names:
+                if a != b:
+                    pa = [*rng.uniform(1, a[2], 10), *rng.uniform(1, a[1], 10)]
+                    pb = [*rng.uniform(1, b[2], 10), *rng.uniform(1, b[1], 10)]
+                    rows.append([a[0], b[0], *pa, *pb])
+    csv = root / "pairs.csv"
+    with open(csv, "w") as f:
+        f.write(",".join(PF_WILLOW_HEADER) + "\n")
+        for r in rows:
+            f.write(",".join(str(v) for v in r) + "\n")
+    return PFWillowDataset(root=tmp_path, csv=csv)
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_fast_path_equals_pair_at_a_time(tiny_willow, tiny_backbone, two_stage):
+    torch.manual_seed(0)
+    model = TwoStageCNNGeometric(CFG, backbone=tiny_backbone) if two_stage else CNNGeometric("affine", CFG, backbone=tiny_backbone)
+    fast = predict_pairs(model, tiny_willow, batch_size=5, progress=False)
+    slow = predict_pairs_naive(model, tiny_willow, progress=False)
+    assert fast["kinds"] == slow["kinds"]
+    for key in ("theta_aff", "theta_tps", "source_size", "target_size"):
+        if fast[key] is None:
+            assert slow[key] is None
+        else:
+            assert torch.allclose(fast[key], slow[key], atol=1e-5), key
+    for kind in fast["kinds"]:
+        assert torch.allclose(fast["transferred"][kind], slow["transferred"][kind], atol=1e-3)
+
+
+def test_identity_predictions_need_no_model(tiny_willow):
+    pred = predict_pairs(None, tiny_willow, progress=False)
+    assert pred["kinds"] == ["identity"]
+    assert pred["transferred"]["identity"].shape == (12, 2, 10)
+
+
+def test_metrics_from_cached_predictions_hand_computed():
+    # two pairs, 3 keypoints each; pair 0's source bbox side is 10, pair 1's is 20.
+    pred = {
+        "category": ["a", "b"],
+        "source_points": torch.tensor([[[0.0, 10, 0], [0, 0, 5]], [[0, 20, 10], [0, 0, 20]]]),
+        "target_points": torch.ones(2, 2, 3),
+        "source_size": torch.tensor([[100.0, 100], [100, 100]]),
+        "transferred": {"affine": torch.tensor([[[0.5, 10, 0], [0, 3, 5]], [[0, 20, 10], [3, 0, 20]]])},
+    }
+    table = pck_table(pred, PCKProtocol("bbox", (0.1, 0.2)), "affine")
+    # pair 0: errors 0.5, 3, 0 vs thr 1 (alpha .1) -> 2/3; pair 1: errors 3, 0, 0 vs thr 2 -> 2/3
+    assert table["result"].pck[0.1] == pytest.approx(2 / 3)
+    assert table["result"].pck[0.2] == pytest.approx((2 / 3 + 1) / 2)  # thr 2 and 4
+    assert table["per_category"] == {"a": {"0.1": pytest.approx(2 / 3), "0.2": pytest.approx(2 / 3)}, "b": {"0.1": pytest.approx(2 / 3), "0.2": pytest.approx(1.0)}}

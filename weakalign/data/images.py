@@ -1,0 +1,167 @@
+"""Image loading: one function, :func:`load_image`, for every dataset.
+
+Returns ``numpy.uint8`` arrays of shape ``H x W x 3`` in RGB order. Conversions:
+
+=====================  ======================================================================
+mode on disk           result
+=====================  ======================================================================
+RGB                    as is
+L / 1 (bilevel)        grey replicated to 3 channels (``1`` -> 0 / 255)
+P (palette)            palette expanded; with a transparent entry it is treated as RGBA
+RGBA / LA / PA / RGBa  **composited on a white background** (alpha blending, rounded), so a
+                       transparent region does not become black
+CMYK                   Pillow's CMYK -> RGB conversion (no ICC colour management); Adobe
+                       "inverted" CMYK JPEGs are handled by Pillow's decoder
+YCbCr / LAB / HSV      Pillow conversion to RGB
+I;16 / I;16B / I;16L   16-bit grey: scaled to 8 bits as ``round(v / 257)`` (0 -> 0,
+                       65535 -> 255), replicated to 3 channels
+I (32-bit int)         Pillow opens 16-bit PNGs as ``I`` in some versions: values are taken
+                       as 16-bit (clipped to 0..65535) and scaled like I;16
+F (32-bit float)       values in [0, 1] are scaled by 255, otherwise clipped to 0..255
+16-bit RGB PNG         Pillow decodes it to 8-bit RGB (most significant byte), kept as is
+=====================  ======================================================================
+
+EXIF orientation is applied by default (``exif_transpose=True``). Keypoint benchmarks load
+with ``exif_transpose=False``: their annotations were made in MATLAB, whose ``imread`` ignores
+the EXIF Orientation tag, so keypoints refer to the stored pixel grid.
+
+Truncated or corrupt files raise :class:`CorruptImageError` (a ``ValueError``) naming the
+file; a missing file raises ``FileNotFoundError``. Pillow's global
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set by this package; if some other library has set
+it, :func:`load_image` still decodes strictly (it switches the flag off for the duration of
+the decode, under a lock) so a truncated file is never silently padded with grey.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+_STRICT_LOCK = threading.Lock()
+
+
+class CorruptImageError(ValueError):
+    """An image file that cannot be decoded completely."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = str(reason)
+        super().__init__(f"corrupt or truncated image {self.path}: {self.reason}")
+
+
+def _open_decoded(path) -> Image.Image:
+    try:
+        img = Image.open(path)
+    except FileNotFoundError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise CorruptImageError(path, "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(path, exc) from exc
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (instead of failing) on some damaged files; make that an error.
+            warnings.simplefilter("error", UserWarning)
+            if ImageFile.LOAD_TRUNCATED_IMAGES:
+                with _STRICT_LOCK:
+                    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+                    ImageFile.LOAD_TRUNCATED_IMAGES = False
+                    try:
+                        img.load()
+                    finally:
+                        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+            else:
+                img.load()
+    except Image.DecompressionBombError:
+        raise
+    except (OSError, SyntaxError, ValueError, UserWarning, EOFError, IndexError) as exc:
+        img.close()
+        raise CorruptImageError(path, exc) from exc
+    return img
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        return _to_rgb_array(img)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:4] / 255.0
+        out = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img)
+        a = np.clip(a.astype(np.int64), 0, 65535)
+        g = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            a = a * 255.0
+        g = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode in ("L", "1"):
+        g = np.asarray(img.convert("L"), dtype=np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    # CMYK, YCbCr, LAB, HSV, ... : Pillow's own conversion
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
+    """Load ``path`` as a ``uint8`` RGB array ``H x W x 3`` (see the module docstring)."""
+    img = _open_decoded(path)
+    try:
+        if exif_transpose:
+            try:
+                transposed = ImageOps.exif_transpose(img)
+            except (OSError, SyntaxError, ValueError, KeyError, TypeError) as exc:
+                raise CorruptImageError(path, f"bad EXIF data ({exc})") from exc
+            if transposed is not None and transposed is not img:
+                img.close()
+                img = transposed
+        arr = _to_rgb_array(img)
+    finally:
+        img.close()
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise CorruptImageError(path, f"unexpected decoded shape {arr.shape}")
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def image_size(path) -> tuple[int, int]:
+    """(height, width) of the stored pixel grid, from the header only (no EXIF rotation)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(path, exc) from exc
+    return h, w
+
+
+def to_tensor(arr: np.ndarray, resize: tuple[int, int] | None = None):
+    """uint8 H x W x 3 -> float32 tensor 3 x H x W in [0, 1]; optional resize to (h, w).
+
+    The resize is bilinear with ``align_corners=True`` and no antialiasing: the same result as
+    the reference code's identity-affine ``grid_sample`` resize, and the convention of
+    :mod:`weakalign.geometry` (pixel centres of the corners map onto each other).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous().float().div_(255.0)
+    if resize is not None:
+        h, w = int(resize[0]), int(resize[1])
+        if (h, w) != tuple(t.shape[1:]):
+            t = F.interpolate(t[None], size=(h, w), mode="bilinear",
+                              align_corners=True)[0].clamp_(0.0, 1.0)
+    return t

@@ -1,0 +1,235 @@
+"""``weakalign evaluate predict`` and ``weakalign evaluate metrics``.
+
+``predict`` runs every configured model once per benchmark and caches its per-pair
+predictions (``data/predictions/<benchmark>/<model>.pt``); ``metrics`` computes every number
+from those caches only, writing DVC metrics (``reports/metrics/pck.json``), PCK-vs-alpha plot
+data (``reports/plots/pck_curve_<benchmark>.csv``) and markdown tables (``reports/tables/``).
+A benchmark whose files are missing is recorded as "not available" with the reason; it never
+fails the run and never gets a number.
+
+The ``evaluate:`` block of ``params.yaml``::
+
+    evaluate:
+      batch_size: 16
+      device: cpu
+      benchmarks: [pf-willow, pf-pascal, caltech-101, tss]
+      predictions_dir: data/predictions
+      models:                       # name -> spec; order = row order in the tables
+        identity: {type: identity}
+        strong_affine: {checkpoint: models/strong_affine.pt}
+        strong_affine_tps: {affine: models/strong_affine.pt, tps: models/strong_tps.pt}
+        weak_affine_tps: {checkpoint: models/weak_affine_tps.pt, optional: true}
+      reference_checkpoints_dir: models/reference   # released .pth.tar files, if any
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+DEFAULTS = {
+    "batch_size": 16,
+    "device": "cpu",
+    "benchmarks": ["pf-willow", "pf-pascal", "caltech-101", "tss"],
+    "predictions_dir": "data/predictions",
+    "metrics": "reports/metrics/pck.json",
+    "plots_dir": "reports/plots",
+    "tables_dir": "reports/tables",
+    "models": {"identity": {"type": "identity"}},
+    "reference_checkpoints_dir": "models/reference",
+    "alphas_curve": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
+}
+KEYPOINT_BENCHMARKS = ("pf-willow", "pf-pascal")
+
+
+def load_block(params_path: str | Path | None) -> dict:
+    import yaml
+
+    from ..data.paths import project_root
+
+    p = Path(params_path) if params_path else project_root() / "params.yaml"
+    block = {}
+    if p.is_file():
+        block = (yaml.safe_load(p.read_text()) or {}).get("evaluate") or {}
+    unknown = set(block) - set(DEFAULTS)
+    if unknown:
+        from weakalign.cli import UserError
+
+        raise UserError(f"{p}: evaluate: unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+    return {**DEFAULTS, **block}
+
+
+def model_specs(cfg: dict, root: Path) -> dict:
+    """Configured models plus released reference checkpoints found on disk."""
+    specs = dict(cfg["models"])
+    ref_dir = root / cfg["reference_checkpoints_dir"]
+    if ref_dir.is_dir():
+        for p in sorted(ref_dir.glob("*.pth.tar")):
+            specs.setdefault(f"released:{p.name.removesuffix('.pth.tar')}", {"checkpoint": str(p.relative_to(root)), "optional": True})
+    return specs
+
+
+def load_model(spec: dict, root: Path):
+    """Model for a spec (None = identity). Raises FileNotFoundError naming a missing file."""
+    from ..models import TwoStageCNNGeometric, load_checkpoint
+
+    if spec.get("type") == "identity":
+        return None
+    if "checkpoint" in spec:
+        return load_checkpoint(root / spec["checkpoint"])[0]
+    if "affine" in spec and "tps" in spec:
+        aff, _ = load_checkpoint(root / spec["affine"])
+        tps, _ = load_checkpoint(root / spec["tps"])
+        return TwoStageCNNGeometric.from_stages(aff, tps).eval()
+    raise ValueError(f"model spec {spec} needs type: identity, checkpoint, or affine + tps")
+
+
+def _safe_name(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def _predict(args) -> int:
+    import torch
+
+    from ..data.atomic import atomic_open
+    from ..data.paths import project_root
+    from ..data.registry import DatasetNotAvailable, get_dataset
+    from .predict import predict_pairs
+
+    t0 = time.time()
+    root = project_root()
+    cfg = load_block(args.params)
+    out_dir = root / cfg["predictions_dir"]
+    status = {}
+    n_done = 0
+    for bench in cfg["benchmarks"]:
+        if bench not in KEYPOINT_BENCHMARKS:
+            status[bench] = {"available": False, "reason": "evaluation of this benchmark is not implemented yet"}
+            try:
+                get_dataset(bench, root=root / "data")
+            except DatasetNotAvailable as exc:
+                status[bench]["reason"] = str(exc)
+            print(f"{bench}: not available ({status[bench]['reason'][:120]})")
+            continue
+        try:
+            ds = get_dataset(bench, root=root / "data")
+        except DatasetNotAvailable as exc:
+            status[bench] = {"available": False, "reason": str(exc)}
+            print(f"{bench}: not available ({str(exc)[:160]})")
+            continue
+        status[bench] = {"available": True, "pairs": len(ds), "models": {}}
+        for name, spec in model_specs(cfg, root).items():
+            try:
+                model = load_model(spec, root)
+            except FileNotFoundError as exc:
+                if spec.get("optional"):
+                    status[bench]["models"][name] = {"available": False, "reason": str(exc)}
+                    print(f"{bench} / {name}: skipped ({exc})")
+                    continue
+                from weakalign.cli import UserError
+
+                raise UserError(f"model {name!r}: {exc}. Train it first (dvc repro) or mark it optional in params.yaml") from exc
+            pred = predict_pairs(model, ds, batch_size=cfg["batch_size"], device=cfg["device"], progress=not args.quiet)
+            pred["model"] = name
+            pred["model_spec"] = {k: str(v) for k, v in spec.items()}
+            path = out_dir / bench / f"{_safe_name(name)}.pt"
+            with atomic_open(path, "wb") as fh:
+                torch.save(pred, fh)
+            status[bench]["models"][name] = {"available": True, "predictions": str(path.relative_to(root)), "seconds": round(pred["seconds"], 2)}
+            n_done += 1
+            print(f"{bench} / {name}: {len(ds)} pairs in {pred['seconds']:.1f}s -> {path.relative_to(root)}")
+    from ..data.atomic import write_json
+
+    write_json(out_dir / "status.json", status)
+    print(f"evaluate predict: {n_done} prediction files, {time.time() - t0:.0f}s -> {out_dir.relative_to(root)}")
+    return 0
+
+
+def protocols_for(bench: str):
+    """The benchmark's default protocol first, then the alternatives reported beside it."""
+    from .pck import PCKProtocol
+
+    if bench == "pf-willow":
+        return {"default": PCKProtocol("bbox", (0.05, 0.1, 0.15), "per_pair"),
+                "per_keypoint": PCKProtocol("bbox", (0.1,), "per_keypoint"),
+                "image": PCKProtocol("image", (0.1,), "per_pair")}
+    return {"default": PCKProtocol("image_224", (0.05, 0.1, 0.15), "per_pair"),
+            "bbox": PCKProtocol("bbox", (0.1,), "per_pair"),
+            "per_keypoint": PCKProtocol("image_224", (0.1,), "per_keypoint")}
+
+
+def _metrics(args) -> int:
+    import torch
+
+    from ..data.atomic import write_csv, write_json, write_text
+    from ..data.paths import project_root
+    from .metrics import finite_or_none, pck_curve, pck_table
+
+    t0 = time.time()
+    root = project_root()
+    cfg = load_block(args.params)
+    pred_dir = root / cfg["predictions_dir"]
+    status_path = pred_dir / "status.json"
+    if not status_path.is_file():
+        from weakalign.cli import UserError
+
+        raise UserError(f"{status_path} not found: run `weakalign evaluate predict` first")
+    status = json.loads(status_path.read_text())
+    metrics, tables = {}, []
+    for bench, st in status.items():
+        if not st.get("available"):
+            metrics[bench] = {"available": False, "reason": st.get("reason", "")}
+            tables.append(f"### {bench}\n\nnot available: {st.get('reason', '')}\n")
+            continue
+        protos = protocols_for(bench)
+        metrics[bench] = {"available": True, "pairs": st["pairs"], "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
+        rows, curve_rows = [], []
+        for name, mst in st["models"].items():
+            if not mst.get("available"):
+                metrics[bench]["models"][name] = {"available": False, "reason": mst.get("reason", "")}
+                continue
+            pred = torch.load(root / mst["predictions"], weights_only=True)
+            entry = {}
+            for kind in pred["kinds"]:
+                res = {}
+                for pname, proto in protos.items():
+                    t = pck_table(pred, proto, kind)
+                    res[pname] = {f"{a:g}": finite_or_none(v) for a, v in t["result"].pck.items()}
+                    if pname == "default":
+                        res["per_category"] = t["per_category"]
+                        res["num_keypoints"] = t["result"].num_keypoints
+                entry[kind] = res
+                d = res["default"]
+                rows.append((name, kind, d.get("0.05"), d.get("0.1"), d.get("0.15"), res.get("per_keypoint", {}).get("0.1"), (res.get("image") or res.get("bbox") or {}).get("0.1")))
+                ref = protos["default"]
+                for a, v in pck_curve(pred, kind, ref.reference, ref.averaging, cfg["alphas_curve"]):
+                    curve_rows.append((f"{name} ({kind})", a, v))
+            metrics[bench]["models"][name] = entry
+        write_csv(root / cfg["plots_dir"] / f"pck_curve_{bench}.csv", ["model", "alpha", "pck"], curve_rows)
+        d = protos["default"]
+        alt = "image" if bench == "pf-willow" else "bbox"
+        lines = [f"### {bench} ({st['pairs']} pairs)", "", f"Default protocol: {d.describe()}.", "",
+                 f"| model | transform | PCK@0.05 | PCK@0.1 | PCK@0.15 | PCK@0.1 per keypoint | PCK@0.1 ({protos[alt].describe().split('; ')[1]}) |",
+                 "|---|---|---|---|---|---|---|"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        for r in rows:
+            lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(fmt(v) for v in r[2:]) + " |")
+        tables.append("\n".join(lines) + "\n")
+    write_json(root / cfg["metrics"], metrics)
+    write_text(root / cfg["tables_dir"] / "pck.md", "\n".join(tables))
+    print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
+          f"{time.time() - t0:.1f}s -> {cfg['metrics']}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="run models on benchmarks (predict) and compute metrics from the cache")
+    s = p.add_subparsers(dest="evaluate_command", metavar="STEP")
+    for name, fn, helptext in (("predict", _predict, "run every model once per benchmark, cache predictions"),
+                               ("metrics", _metrics, "compute metrics/tables/plots from cached predictions")):
+        q = s.add_parser(name, help=helptext)
+        q.add_argument("--params", default=None, help="params.yaml (default: the project's)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.set_defaults(func=fn)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

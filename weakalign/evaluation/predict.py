@@ -1,0 +1,156 @@
+"""Run a model over a keypoint benchmark once and keep its per-pair predictions.
+
+Two paths that give the same numbers (``tests/test_predict.py``):
+
+* :func:`predict_pairs` (fast path): every distinct image is loaded, resized and passed through
+  the backbone **once** (PF-WILLOW: 100 images for 900 pairs), pairs are batched, everything
+  runs under ``torch.inference_mode``. Only the stage-2 features of the affine-warped source
+  are computed per pair (they depend on the pair).
+* :func:`predict_pairs_naive`: the reference code's way, one pair at a time, every backbone pass
+  recomputed; kept as the baseline for ``benchmarks/`` and as the oracle for the fast path.
+
+Predictions are a dict of tensors and lists (``torch.save``-able, loadable with
+``weights_only=True``): per pair the estimated parameters, the transferred target keypoints in
+source pixels for every transform kind the model provides, the annotations and image sizes.
+Metrics are computed from this cache only (:mod:`weakalign.evaluation.metrics`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.images import load_image, to_tensor
+from ..geometry import affine_identity, tps_identity
+from .transfer import transfer_keypoints
+
+
+def model_kinds(model: nn.Module | None) -> tuple[str, ...]:
+    """Transform kinds a model provides: identity -> ("identity",), affine, tps, affine_tps."""
+    if model is None:
+        return ("identity",)
+    kind = model.geometric_model
+    return ("affine", "affine_tps") if kind == "affine_tps" else (kind,)
+
+
+def _pair_table(dataset):
+    recs = dataset.records
+    root = dataset.image_root
+    paths = list(dict.fromkeys(p for r in recs for p in (r.source, r.target)))
+    index = {p: i for i, p in enumerate(paths)}
+    return recs, [root / p for p in paths], index
+
+
+def _load_images(paths, size, progress):
+    images, sizes = [], []
+    for p in tqdm(paths, desc="loading images", disable=not progress, leave=False):
+        arr = load_image(p, exif_transpose=False)
+        sizes.append(arr.shape[:2])
+        images.append(to_tensor(arr, size))
+    return torch.stack(images), torch.tensor(sizes, dtype=torch.float32)
+
+
+def _points(recs, attr, n_max):
+    out = torch.full((len(recs), 2, n_max), -1.0)
+    for i, r in enumerate(recs):
+        p = torch.as_tensor(getattr(r, attr), dtype=torch.float32)
+        out[i, :, : p.shape[1]] = p
+    return out
+
+
+def _empty_predictions(recs, dataset, kinds):
+    n_max = max(r.source_points.shape[1] for r in recs)
+    return {
+        "dataset": dataset.name,
+        "kinds": list(kinds),
+        "source_path": [str(r.source) for r in recs],
+        "target_path": [str(r.target) for r in recs],
+        "category": [str(r.category) for r in recs],
+        "source_points": _points(recs, "source_points", n_max),
+        "target_points": _points(recs, "target_points", n_max),
+    }
+
+
+def _finish(pred, theta_aff, theta_tps, sizes_src, sizes_tgt, kinds):
+    pred["source_size"], pred["target_size"] = sizes_src, sizes_tgt
+    pred["theta_aff"], pred["theta_tps"] = theta_aff, theta_tps
+    pred["transferred"] = {}
+    for kind in kinds:
+        if kind == "identity":
+            k, ta, tt = "affine", affine_identity(len(sizes_src)), None
+        else:
+            k, ta, tt = kind, theta_aff, theta_tps
+        pred["transferred"][kind] = transfer_keypoints(k, pred["target_points"], sizes_tgt, sizes_src, ta, tt)
+    return pred
+
+
+@torch.inference_mode()
+def predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = True, image_size: Sequence[int] | None = None) -> dict:
+    """Fast path. ``model=None`` is the identity transform (no image is loaded)."""
+    t0 = time.perf_counter()
+    recs, paths, index = _pair_table(dataset)
+    kinds = model_kinds(model)
+    pred = _empty_predictions(recs, dataset, kinds)
+    n = len(recs)
+    src_idx = torch.tensor([index[r.source] for r in recs])
+    tgt_idx = torch.tensor([index[r.target] for r in recs])
+    if model is None:
+        from ..data.images import image_size as read_size
+
+        sizes = torch.tensor([read_size(p) for p in paths], dtype=torch.float32)
+        pred = _finish(pred, None, None, sizes[src_idx], sizes[tgt_idx], kinds)
+        pred["seconds"] = time.perf_counter() - t0
+        return pred
+    model = model.to(device).eval()
+    size = tuple(image_size or model.config.image_size)
+    images, sizes = _load_images(paths, size, progress)
+    feats = torch.cat([model.extract(images[i : i + batch_size].to(device)) for i in tqdm(range(0, len(paths), batch_size), desc="features", disable=not progress, leave=False)])
+    theta_aff = torch.empty(n, 6) if model.geometric_model in ("affine", "affine_tps") else None
+    theta_tps = torch.empty(n, 18) if model.geometric_model in ("tps", "affine_tps") else None
+    for i in tqdm(range(0, n, batch_size), desc=f"pairs ({dataset.name})", disable=not progress, leave=False):
+        s, t = src_idx[i : i + batch_size], tgt_idx[i : i + batch_size]
+        fs, ft = feats[s.to(feats.device)], feats[t.to(feats.device)]
+        if model.geometric_model == "affine_tps":
+            out = model(images[s].to(device), None, f_src=fs, f_tgt=ft)
+            theta_aff[i : i + len(s)] = out.theta_aff.cpu()
+            theta_tps[i : i + len(s)] = out.theta_aff_tps.cpu()
+        else:
+            theta, _ = model.forward_features(fs, ft)
+            (theta_aff if model.geometric_model == "affine" else theta_tps)[i : i + len(s)] = theta.cpu()
+    pred = _finish(pred, theta_aff, theta_tps, sizes[src_idx], sizes[tgt_idx], kinds)
+    pred["seconds"] = time.perf_counter() - t0
+    return pred
+
+
+def predict_pairs_naive(model: nn.Module, dataset, device: str | torch.device = "cpu", progress: bool = True, limit: int | None = None) -> dict:
+    """Reference-style baseline: one pair at a time, both images reloaded and re-encoded."""
+    t0 = time.perf_counter()
+    recs, _, _ = _pair_table(dataset)
+    recs = recs[:limit] if limit else recs
+    kinds = model_kinds(model)
+    pred = _empty_predictions(recs, dataset, kinds)
+    model = model.to(device).eval()
+    size = tuple(model.config.image_size)
+    th_a, th_t, s_sizes, t_sizes = [], [], [], []
+    for r in tqdm(recs, desc="pairs (naive)", disable=not progress, leave=False):
+        src = load_image(dataset.image_root / r.source, exif_transpose=False)
+        tgt = load_image(dataset.image_root / r.target, exif_transpose=False)
+        s_sizes.append(src.shape[:2])
+        t_sizes.append(tgt.shape[:2])
+        with torch.no_grad():
+            out = model(to_tensor(src, size)[None].to(device), to_tensor(tgt, size)[None].to(device))
+        if model.geometric_model == "affine_tps":
+            th_a.append(out.theta_aff.cpu())
+            th_t.append(out.theta_aff_tps.cpu())
+        elif model.geometric_model == "affine":
+            th_a.append(out.cpu())
+        else:
+            th_t.append(out.cpu())
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    pred = _finish(pred, cat(th_a), cat(th_t), torch.tensor(s_sizes, dtype=torch.float32), torch.tensor(t_sizes, dtype=torch.float32), kinds)
+    pred["seconds"] = time.perf_counter() - t0
+    return pred

@@ -1,0 +1,199 @@
+"""Checkpoints: this suite's own format and the released reference ``.pth.tar`` files.
+
+Loading never runs arbitrary code: files are read with ``torch.load(weights_only=True)``
+(PyTorch's restricted unpickler), extended only with the few plain types the reference files
+pickle: ``argparse.Namespace`` (the training arguments) and NumPy arrays/scalars (loss curves).
+A file that needs anything else is refused with :class:`UnsafeCheckpointError`.
+
+Reference key mapping (ignacio-rocco/weakalign and cnngeometric_pytorch)::
+
+    FeatureExtraction.model.<i>.*   (older files: FeatureExtraction.vgg.<i>.*)
+                                    -> feature_extraction.backbone.body.<i>.*
+    FeatureRegression.*             -> regression.*
+    FeatureRegression2.*            -> regression2.*   (two-stage models)
+
+Old files lack BatchNorm's ``num_batches_tracked`` buffers; those (and only those) may be missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cnngeometric import ModelConfig, build_model
+
+FORMAT = "weakalign-checkpoint/1"
+_BACKBONE_FROM_REFERENCE = {"vgg": "vgg16", "vgg16": "vgg16", "resnet101": "resnet101"}
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file asks the unpickler for code it will not run."""
+
+
+class CheckpointFormatError(ValueError):
+    """The file is not a checkpoint this suite understands (names the file and the problem)."""
+
+
+def _numpy_globals() -> list:
+    """NumPy reconstruction helpers under both their NumPy 1.x and 2.x import paths."""
+    from numpy._core import multiarray as ma  # NumPy >= 2
+
+    out: list = [np.ndarray, np.dtype]
+    for name in ("_reconstruct", "scalar"):
+        fn = getattr(ma, name)
+        out += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return out
+
+
+def safe_load(path: str | os.PathLike, map_location="cpu") -> dict:
+    """``torch.load`` with the restricted unpickler plus argparse.Namespace and NumPy arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    allowed = [argparse.Namespace, *_numpy_globals()]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to unpickle (it needs code outside the allow-list; only load files "
+            f"you trust with plain torch.load). Details: {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None = None, **extra) -> None:
+    """Write ``model`` (config + weights) and JSON-able ``meta`` atomically; ``extra`` entries
+    (optimizer state, RNG state, ...) are stored as they are."""
+    obj = {
+        "format": FORMAT,
+        "geometric_model": model.geometric_model,
+        "config": model.config.to_dict(),
+        "state_dict": model.state_dict(),
+        "meta": meta or {},
+        **extra,
+    }
+    _atomic_torch_save(obj, Path(path))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint` or a reference file.
+    Returns ``(model, checkpoint_dict)``; the model is in eval mode."""
+    ckpt = safe_load(path, map_location)
+    if ckpt.get("format") == FORMAT:
+        config = ModelConfig.from_dict(ckpt["config"])
+        model = build_model(ckpt["geometric_model"], config, backbone_weights="random")
+        model.load_state_dict(ckpt["state_dict"])
+    elif "state_dict" in ckpt and any(k.startswith("FeatureRegression") for k in ckpt["state_dict"]):
+        model = model_from_reference(ckpt, source=str(path))
+    else:
+        raise CheckpointFormatError(f"{path}: neither a weakalign checkpoint nor a reference .pth.tar (keys: {sorted(ckpt)[:8]})")
+    return model.eval(), ckpt
+
+
+# --- reference (released) checkpoints -------------------------------------------------------
+
+def map_reference_keys(state_dict: dict, source: str = "checkpoint") -> dict:
+    """Rename reference keys to this suite's module names (see module docstring)."""
+    out = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key.startswith("FeatureExtraction.vgg."):
+            key = "FeatureExtraction.model." + key[len("FeatureExtraction.vgg."):]
+        if key.startswith("FeatureExtraction.model."):
+            out["feature_extraction.backbone.body." + key[len("FeatureExtraction.model."):]] = value
+        elif key.startswith("FeatureRegression2."):
+            out["regression2." + key[len("FeatureRegression2."):]] = value
+        elif key.startswith("FeatureRegression."):
+            out["regression." + key[len("FeatureRegression."):]] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointFormatError(f"{source}: unexpected keys {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    return out
+
+
+def _reference_args(ckpt: dict) -> dict:
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def reference_config(ckpt: dict, source: str = "checkpoint") -> tuple[str, ModelConfig]:
+    """Infer (geometric_model, config) from a reference checkpoint's args and weights."""
+    sd = ckpt["state_dict"]
+    args = _reference_args(ckpt)
+    if any(k.startswith("FeatureRegression2.") for k in sd):
+        kind = "affine_tps"
+    else:
+        out_dim = sd["FeatureRegression.linear.weight"].shape[0]
+        kind = {6: "affine", 18: "tps"}.get(out_dim)
+        if kind is None:
+            raise CheckpointFormatError(f"{source}: regression output size {out_dim} is neither 6 nor 18")
+    cnn = args.get("feature_extraction_cnn")
+    if cnn is None:  # very old files: guess from the weights
+        cnn = "resnet101" if any(".layer" in k or k.startswith("FeatureExtraction.model.4.0.") for k in sd) else "vgg"
+    if cnn not in _BACKBONE_FROM_REFERENCE:
+        raise CheckpointFormatError(f"{source}: backbone {cnn!r} is not supported (supported: vgg, resnet101)")
+    size = int(args.get("image_size", 240))
+    config = ModelConfig(
+        backbone=_BACKBONE_FROM_REFERENCE[cnn],
+        image_size=(size, size),
+        kernel_sizes=tuple(args.get("fr_kernel_sizes", (7, 5))),
+        channels=tuple(args.get("fr_channels", (128, 64))),
+    )
+    return kind, config
+
+
+def load_reference_state_dict(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """Load mapped reference weights; only ``num_batches_tracked`` buffers may be missing."""
+    mapped = map_reference_keys(state_dict, source)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in mapped and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in mapped if k not in expected]
+    if missing or unexpected:
+        raise CheckpointFormatError(f"{source}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    for k, v in mapped.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointFormatError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}")
+    model.load_state_dict(mapped, strict=False)
+
+
+def model_from_reference(ckpt: dict | str | os.PathLike, source: str | None = None) -> nn.Module:
+    """Build and load a model from a released ``.pth.tar`` (path or already-loaded dict)."""
+    if not isinstance(ckpt, dict):
+        source = source or str(ckpt)
+        ckpt = safe_load(ckpt)
+    source = source or "checkpoint"
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointFormatError(f"{source}: no 'state_dict' entry")
+    map_reference_keys(ckpt["state_dict"], source)  # fail on foreign keys before building anything
+    kind, config = reference_config(ckpt, source)
+    model = build_model(kind, config, backbone_weights="random")
+    load_reference_state_dict(model, ckpt["state_dict"], source)
+    return model.eval()
