@@ -52,4 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m weakalign.cli``: run the importable module's main so that the UserError
+    # class raised by sub-commands is the one caught here.
+    from weakalign.cli import main as _main
+
+    sys.exit(_main())

@@ -161,6 +161,7 @@ class PFWillowDataset(_KeypointPairs):
     """PF-WILLOW (Ham et al., Proposal Flow): 900 pairs, 10 keypoints each.
 
     Files: ``<root>/pf-willow/test_pairs_pf.csv`` and ``<root>/pf-willow/PF-dataset/...``.
+    ``category`` is the sub-class folder name (``car(G)``, ``duck(S)``, ...; 10 sub-classes).
     Default PCK: alpha = 0.1 of the longer side of the bounding box of the keypoints
     (``reference: bbox``; the reference code takes the source image's keypoints), averaged per
     pair.

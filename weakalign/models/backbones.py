@@ -32,6 +32,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -399,9 +400,10 @@ def _lite_full(variant: int, weights: str, weights_path) -> nn.Module:
     return model
 
 
-def _make_lite_builder(variant: int, out_channels: int) -> Callable[[str, object], Backbone]:
+def _make_lite_builder(variant: int) -> Callable[[str, object], Backbone]:
     def build(weights: str, weights_path) -> Backbone:
         model = _lite_full(variant, weights, weights_path)
+        out_channels = model.blocks[_LITE_STRIDE16_STAGE][-1].conv_pwl.out_channels
         body = nn.Sequential(OrderedDict([
             ("conv_stem", model.conv_stem),
             ("bn1", model.bn1),  # BN + ReLU6 (timm BatchNormAct2d)
@@ -428,9 +430,10 @@ class _Spec:
 _REGISTRY: dict[str, _Spec] = {
     "vgg16": _Spec(_build_vgg16, _vgg16_classifier, 512, IMAGENET_MEAN, IMAGENET_STD),
     "resnet101": _Spec(_build_resnet101, _resnet101_full, 1024, IMAGENET_MEAN, IMAGENET_STD),
-    "efficientnet_lite0": _Spec(_make_lite_builder(0, 112), lambda w, p: _lite_full(0, w, p), 112, TF_LITE_MEAN, TF_LITE_STD),
-    "efficientnet_lite1": _Spec(_make_lite_builder(1, 112), lambda w, p: _lite_full(1, w, p), 112, TF_LITE_MEAN, TF_LITE_STD),
-    "efficientnet_lite2": _Spec(_make_lite_builder(2, 120), lambda w, p: _lite_full(2, w, p), 120, TF_LITE_MEAN, TF_LITE_STD),
+    # out_channels: width of the last stride-16 stage (timm blocks.4); checked at build time
+    "efficientnet_lite0": _Spec(_make_lite_builder(0), partial(_lite_full, 0), 112, TF_LITE_MEAN, TF_LITE_STD),
+    "efficientnet_lite1": _Spec(_make_lite_builder(1), partial(_lite_full, 1), 112, TF_LITE_MEAN, TF_LITE_STD),
+    "efficientnet_lite2": _Spec(_make_lite_builder(2), partial(_lite_full, 2), 120, TF_LITE_MEAN, TF_LITE_STD),
 }
 
 
@@ -460,7 +463,8 @@ def build_backbone(name: str, weights: str = "imagenet", weights_path: str | os.
     spec = _spec(name)
     _check_weights_arg(weights)
     backbone = spec.build(weights, weights_path)
-    assert backbone.out_channels == spec.out_channels
+    if backbone.out_channels != spec.out_channels:  # registry and architecture disagree: a bug
+        raise RuntimeError(f"{name}: built {backbone.out_channels} channels, registry says {spec.out_channels}")
     return backbone
 
 

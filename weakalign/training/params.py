@@ -1,0 +1,275 @@
+"""The ``train_strong:`` and ``train_weak:`` blocks of ``params.yaml``, and profiles.
+
+Resolution order (later wins), each level merged key by key (lists are replaced whole):
+
+1. the defaults below (:data:`STRONG_DEFAULTS`, :data:`WEAK_DEFAULTS`);
+2. the block in ``params.yaml`` (``train_strong:`` / ``train_weak:``) -- this *is* the
+   ``default`` profile;
+3. ``profiles.<name>.train_strong`` / ``profiles.<name>.train_weak`` for the selected profile:
+   the top-level ``profile:`` key of ``params.yaml`` (``default`` when absent), or the
+   ``--profile`` option of the command;
+4. for ``train-weak --variant NAME``: ``train_weak.variants.NAME`` (after the profile);
+5. ``--set KEY=VALUE`` options of the command (``KEY`` is dotted, inside the block).
+
+Unknown keys are errors (a typo must not silently train something else), except inside
+``train_weak.variants`` whose entries are named freely.
+
+Switching profile for the whole pipeline: ``dvc exp run -S profile=smoke`` (or edit
+``profile:`` in ``params.yaml``); see ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+STRONG_DEFAULTS: dict = {
+    "seed": 1,
+    "device": "auto",  # auto (cuda if available) | cpu | cuda
+    "threads": 0,  # torch intra-op threads; 0 = torch's default (divided among local DDP ranks)
+    "model": {
+        "backbone": "efficientnet_lite0",
+        "backbone_weights": "imagenet",
+        "image_size": [240, 240],
+        "kernel_sizes": [7, 5],
+        "channels": [128, 64],
+    },
+    "data": {
+        "root": "data",
+        # image lists: a split name of weakalign.data.registry (data/splits/...) or
+        # {csv: path, image_root: folder the csv entries are relative to}
+        "train": "strong_train",
+        "val": "strong_val",
+        "max_train_images": 0,  # 0 = all
+        "max_val_images": 0,
+        # synthetic pair generation (reference: SynthDataset + SynthPairTnf)
+        "load_size": [480, 640],  # every photo is first resized to this (h, w)
+        "padding_factor": 0.5,  # symmetric (mirror) padding
+        "crop_factor": 0.5625,  # 9/16 central crop
+        "random_t": 0.5,
+        "random_s": 0.5,
+        "random_alpha": 1.0 / 6.0,
+        "random_t_tps": 0.4,
+    },
+    # fixed: pairs_per_image seeded random transformations per photo, drawn once (the reference's
+    #        default: a fixed CSV of random transformations); backbone features precomputed.
+    # random: new random transformations every epoch (reference --random-sample 1); the frozen
+    #         backbone runs at every step.
+    "pairs": "fixed",
+    "pairs_per_image": 1,
+    "cache_dir": "data/cache/features",
+    "batch_size": 16,  # global batch (divided among DDP ranks)
+    # phases run one after the other; restart_from_best reloads the best weights so far with a
+    # fresh optimiser (the reference's second run: --model best ... --lr 2e-4)
+    "schedule": [{"epochs": 10, "lr": 1.0e-3}],
+    "weight_decay": 0.0,
+    "num_workers": 0,
+    "checkpoint_every": 100,  # steps between training-state checkpoints (and every epoch end)
+    "outputs": {
+        "checkpoint": "models/strong_{model}.pt",
+        "state": "models/state/train_strong_{model}.pt",
+        "metrics": "reports/metrics/train_strong_{model}.json",
+        "plot": "reports/plots/train_strong_{model}.csv",
+        "steps_plot": "reports/plots/train_strong_{model}_steps.csv",
+    },
+}
+
+WEAK_DEFAULTS: dict = {
+    "seed": 1,
+    "device": "auto",
+    "threads": 0,
+    "init": {"affine": "models/strong_affine.pt", "tps": "models/strong_tps.pt"},
+    "data": {
+        "root": "data",
+        # pair lists: a weak-pairs split of weakalign.data.registry (train, val, pf-pascal,
+        # pf-pascal-paper) or {csv: path, image_root: folder}
+        "train": "train",
+        "val": "val",
+        "max_train_pairs": 0,
+        "max_val_pairs": 0,
+        "use_flip": True,  # honour the flip column (both images mirrored)
+        "random_crop": False,  # reference: True (each image cropped to a random 50-100% box)
+    },
+    # regressors: both regression heads; last_blocks: + the last `last_blocks` backbone blocks;
+    # all: everything (the reference's default: --train-fe True, fe_finetune_params [''])
+    "train_parts": "regressors",
+    "last_blocks": 1,
+    "update_bn_buffers": False,  # reference default: model.eval() during training
+    "cache_features": True,  # stage-1 features of fixed images when the backbone is frozen
+    "cache_dir": "data/cache/features",
+    "loss": {
+        "tolerance": 0,
+        "shape": "square",
+        "mask": "identity",  # identity | none (ablation: no inlier mask)
+        "normalize": True,
+        "offset_factor": 227.0 / 210.0,
+        "tps_reg_factor": 0.2,
+    },
+    "batch_size": 16,
+    "schedule": [{"epochs": 3, "lr": 1.0e-5}],
+    "weight_decay": 0.0,
+    # heldout_weak_score: mean soft-inlier score on held-out pairs (no keypoints; default)
+    # pf_pascal_val_pck: PCK@0.1 on the PF-PASCAL validation pairs (reference code; uses keypoints)
+    # last_epoch: no selection
+    "selection": "heldout_weak_score",
+    "num_workers": 0,
+    "checkpoint_every": 20,
+    "label": None,  # human-readable name of the variant (derived from `loss` when null)
+    "variants": {
+        "no_mask": {"label": "no inlier mask", "loss": {"mask": "none"}},
+        "tolerance_1": {"label": "inlier mask, tolerance 1", "loss": {"tolerance": 1}},
+        "tolerance_2": {"label": "inlier mask, tolerance 2", "loss": {"tolerance": 2}},
+    },
+    "outputs": {
+        "checkpoint": "models/weak_affine_tps.pt",
+        "state": "models/state/train_weak.pt",
+        "metrics": "reports/metrics/train_weak.json",
+        "plot": "reports/plots/train_weak.csv",
+        "steps_plot": "reports/plots/train_weak_steps.csv",
+    },
+    "variant_outputs": {
+        "checkpoint": "models/ablations/{variant}.pt",
+        "state": "models/state/train_weak_{variant}.pt",
+        "metrics": "reports/metrics/ablations/train_weak_{variant}.json",
+        "plot": "reports/plots/ablations/train_weak_{variant}.csv",
+        "steps_plot": "reports/plots/ablations/train_weak_{variant}_steps.csv",
+    },
+}
+
+BLOCKS = {"train_strong": STRONG_DEFAULTS, "train_weak": WEAK_DEFAULTS}
+FREE_FORM = {("variants",), ("data", "train"), ("data", "val"), ("label",)}
+# keys that do not change the trained weights (excluded from the resume fingerprint)
+NON_RESULT_KEYS = {"device", "threads", "num_workers", "checkpoint_every", "outputs", "variant_outputs", "cache_dir", "variants", "label"}
+
+
+def _user_error(msg: str) -> Exception:
+    from weakalign.cli import UserError
+
+    return UserError(msg)
+
+
+def merge(base: dict, over: dict | None, where: str, path: tuple = ()) -> dict:
+    """``over`` merged into a copy of ``base``; keys unknown to ``base`` are an error."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        kp = path + (k,)
+        if path + (k,) in FREE_FORM or path in FREE_FORM:
+            out[k] = copy.deepcopy(v)
+            continue
+        if k not in base:
+            raise _user_error(f"{where}: unknown key {'.'.join(kp)!r} (known here: {', '.join(sorted(base))})")
+        if isinstance(base[k], dict) and base[k] and not isinstance(v, dict):
+            raise _user_error(f"{where}: {'.'.join(kp)} must be a mapping, got {v!r}")
+        out[k] = merge(base[k], v, where, kp) if isinstance(base[k], dict) and base[k] else copy.deepcopy(v)
+    return out
+
+
+def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
+    import yaml
+
+    from ..data.paths import project_root
+
+    p = Path(path) if path else project_root() / "params.yaml"
+    if not p.is_file():
+        if path:
+            raise _user_error(f"params file not found: {p}")
+        return {}, p
+    with open(p, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh) or {}
+    if not isinstance(doc, dict):
+        raise _user_error(f"{p}: expected a mapping at the top level")
+    return doc, p
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``["optim.lr=0.1", "data.max_train_images=8"]`` -> nested dict (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise _user_error(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def resolve(block: str, doc: dict, where: str = "params.yaml", profile: str | None = None, variant: str | None = None, overrides: dict | None = None) -> dict:
+    """The effective parameters of ``block`` (see the module docstring). The result carries
+    ``_profile`` and ``_variant`` entries (never part of the parameters themselves)."""
+    defaults = BLOCKS[block]
+    cfg = merge(defaults, doc.get(block) or {}, f"{where}: {block}")
+    profile = profile or doc.get("profile") or "default"
+    profiles = doc.get("profiles") or {}
+    if profile != "default":
+        if profile not in profiles:
+            raise _user_error(f"{where}: unknown profile {profile!r} (defined: default, {', '.join(sorted(profiles)) or '-'})")
+    prof = (profiles.get(profile) or {})
+    if not isinstance(prof, dict):
+        raise _user_error(f"{where}: profiles.{profile} must be a mapping")
+    cfg = merge(cfg, prof.get(block) or {}, f"{where}: profiles.{profile}.{block}")
+    if variant not in (None, "", "default"):
+        if block != "train_weak":
+            raise _user_error("variants exist for train_weak only")
+        variants = cfg.get("variants") or {}
+        if variant not in variants:
+            raise _user_error(f"{where}: unknown train_weak variant {variant!r} (defined: {', '.join(sorted(variants)) or '-'})")
+        over = {k: v for k, v in (variants[variant] or {}).items()}
+        cfg = merge(cfg, over, f"{where}: train_weak.variants.{variant}")
+    else:
+        variant = "default"
+    cfg = merge(cfg, overrides or {}, "--set")
+    _validate(block, cfg)
+    cfg["_profile"] = profile
+    cfg["_variant"] = variant
+    return cfg
+
+
+def _validate(block: str, cfg: dict) -> None:
+    sched = cfg["schedule"]
+    if not isinstance(sched, list) or not sched:
+        raise _user_error(f"{block}.schedule must be a non-empty list of {{epochs, lr}} phases")
+    for i, ph in enumerate(sched):
+        if not isinstance(ph, dict) or set(ph) - {"epochs", "lr", "restart_from_best"} or "epochs" not in ph or "lr" not in ph:
+            raise _user_error(f"{block}.schedule[{i}] must be {{epochs: N, lr: X[, restart_from_best: bool]}}, got {ph!r}")
+        if int(ph["epochs"]) < 1 or float(ph["lr"]) <= 0:
+            raise _user_error(f"{block}.schedule[{i}]: epochs must be >= 1 and lr > 0")
+    if int(cfg["batch_size"]) < 1:
+        raise _user_error(f"{block}.batch_size must be >= 1")
+    if block == "train_strong":
+        if cfg["pairs"] not in ("fixed", "random"):
+            raise _user_error(f"train_strong.pairs must be 'fixed' or 'random', got {cfg['pairs']!r}")
+        if int(cfg["pairs_per_image"]) < 1:
+            raise _user_error("train_strong.pairs_per_image must be >= 1")
+    else:
+        if cfg["train_parts"] not in ("regressors", "last_blocks", "all"):
+            raise _user_error(f"train_weak.train_parts must be regressors, last_blocks or all, got {cfg['train_parts']!r}")
+        if cfg["selection"] not in ("heldout_weak_score", "pf_pascal_val_pck", "last_epoch"):
+            raise _user_error(f"train_weak.selection must be heldout_weak_score, pf_pascal_val_pck or last_epoch, got {cfg['selection']!r}")
+        if cfg["loss"]["mask"] not in ("identity", "none"):
+            raise _user_error(f"train_weak.loss.mask must be identity or none, got {cfg['loss']['mask']!r}")
+
+
+def fingerprint(cfg: dict, extra: dict | None = None) -> str:
+    """Hash of everything that determines the trained weights (for safe resuming)."""
+    keep = {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS and not k.startswith("_")}
+    keep["_extra"] = extra or {}
+    blob = json.dumps(keep, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def weak_label(cfg: dict) -> str:
+    """Human-readable variant label: ``label`` if set, else derived from the loss parameters."""
+    if cfg.get("label"):
+        return str(cfg["label"])
+    loss = cfg["loss"]
+    if loss["mask"] == "none":
+        return "no inlier mask"
+    shape = "" if loss["shape"] == "square" or int(loss["tolerance"]) == 0 else f" ({loss['shape']})"
+    return f"inlier mask, tolerance {int(loss['tolerance'])}{shape}"

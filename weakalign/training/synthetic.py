@@ -1,0 +1,160 @@
+"""Synthetic strong-supervision pairs (CNNGeometric, CVPR 2017), generated from single photos.
+
+Procedure of the reference code (``SynthDataset`` + ``SynthPairTnf``), reproduced here:
+
+1. the photo is resized (bilinear) to ``load_size`` = 480 x 640 (h x w), whatever its aspect;
+2. it is padded **symmetrically** (mirror, edge pixel repeated) by ``padding_factor`` = 0.5 of
+   its height/width on each side;
+3. the *source* is the central crop sampled on the identity grid scaled by
+   ``s = padding_factor * crop_factor`` (= 0.5 * 9/16) of the padded image's normalised frame;
+   the *target* is sampled on the grid of the random transformation ``theta``, scaled the same
+   way; both at the model's input size (240 x 240);
+4. ``theta`` maps target to source coordinates (``docs/conventions.md``), so it is the ground
+   truth the network must regress.
+
+Random transformations (reference ranges, ``U`` uniform in [0, 1)):
+
+* affine: ``alpha = (U - 1/2) 2 pi random_alpha`` (+-30 deg), four independent scales
+  ``1 + (U - 1/2) 2 random_s`` (0.5..1.5), translations ``(U - 1/2) 2 random_t`` (+-0.5)::
+
+      [s1 cos a, -s2 sin a, tx, s3 sin a, s4 cos a, ty]
+
+* TPS: identity control points + ``(U - 1/2) 2 random_t_tps`` (+-0.4) on each of the 18 numbers.
+
+Randomness never comes from a global generator: every transformation is a pure function of
+``(seed, purpose, index, ...)`` through :func:`keyed_generator`, so data order, resuming and
+distributed training cannot change which pair a sample is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+from ..geometry import normalized_grid, sampling_grid, tps_identity, warp_image
+
+
+def keyed_seed(*keys) -> int:
+    """A 63-bit seed derived from arbitrary printable keys (stable across runs and machines)."""
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def keyed_generator(*keys) -> torch.Generator:
+    return torch.Generator().manual_seed(keyed_seed(*keys))
+
+
+def random_affine(gen: torch.Generator, n: int = 1, random_t: float = 0.5, random_s: float = 0.5, random_alpha: float = 1 / 6) -> torch.Tensor:
+    """``n x 6`` random affine parameters with the reference's distribution (float32)."""
+    u = torch.rand(n, 7, generator=gen, dtype=torch.float64)
+    alpha = (u[:, 6] - 0.5) * 2 * math.pi * random_alpha
+    s = 1 + (u[:, [0, 1, 3, 4]] - 0.5) * 2 * random_s
+    c, si = torch.cos(alpha), torch.sin(alpha)
+    theta = torch.stack(
+        (s[:, 0] * c, -s[:, 1] * si, (u[:, 2] - 0.5) * 2 * random_t, s[:, 2] * si, s[:, 3] * c, (u[:, 5] - 0.5) * 2 * random_t),
+        dim=1,
+    )
+    return theta.float()
+
+
+def random_tps(gen: torch.Generator, n: int = 1, random_t_tps: float = 0.4, grid_size: int = 3) -> torch.Tensor:
+    """``n x 2g^2`` random TPS parameters: identity control points + uniform perturbation."""
+    k = 2 * grid_size * grid_size
+    u = torch.rand(n, k, generator=gen, dtype=torch.float64)
+    return (tps_identity(n, grid_size, dtype=torch.float64) + (u - 0.5) * 2 * random_t_tps).float()
+
+
+def random_theta(kind: str, gen: torch.Generator, n: int, data: dict, grid_size: int = 3) -> torch.Tensor:
+    if kind == "affine":
+        return random_affine(gen, n, data["random_t"], data["random_s"], data["random_alpha"])
+    if kind == "tps":
+        return random_tps(gen, n, data["random_t_tps"], grid_size)
+    raise ValueError(f"kind must be 'affine' or 'tps', got {kind!r}")
+
+
+def symmetric_pad(image: torch.Tensor, padding_factor: float) -> torch.Tensor:
+    """Mirror-pad ``... x H x W`` by ``int(H * f)`` rows and ``int(W * f)`` columns on each side;
+    the edge row/column is repeated (numpy ``mode="symmetric"``), as in the reference."""
+    h, w = image.shape[-2:]
+    ph, pw = int(h * padding_factor), int(w * padding_factor)
+    if ph > h or pw > w:
+        raise ValueError(f"padding_factor {padding_factor} exceeds the image size")
+    if pw:
+        image = torch.cat((image[..., :pw].flip(-1), image, image[..., w - pw:].flip(-1)), dim=-1)
+    if ph:
+        image = torch.cat((image[..., :ph, :].flip(-2), image, image[..., h - ph:, :].flip(-2)), dim=-2)
+    return image
+
+
+def synth_pair(padded: torch.Tensor, kind: str, theta: torch.Tensor | None, out_size, padding_factor: float, crop_factor: float):
+    """Source crop and/or warped target from a padded batch ``B x 3 x Hp x Wp``.
+
+    ``theta=None`` returns only the source (the identity crop). Returns ``(source, target)``
+    (target ``None`` without ``theta``), both ``B x 3 x out_h x out_w`` in [0, 1].
+    """
+    h, w = int(out_size[0]), int(out_size[1])
+    s = padding_factor * crop_factor
+    b = padded.shape[0]
+    base = normalized_grid(h, w, b, padded.dtype, padded.device) * s
+    source = warp_image(padded, base).clamp_(0.0, 1.0)
+    target = None
+    if theta is not None:
+        kw = {"theta_aff": theta} if kind == "affine" else {"theta_tps": theta}
+        grid = sampling_grid(kind, h, w, **kw) * s
+        target = warp_image(padded, grid.to(padded.dtype)).clamp_(0.0, 1.0)
+    return source, target
+
+
+class SyntheticPairs(torch.utils.data.Dataset):
+    """Synthetic pairs over an image list.
+
+    Item ``i`` is pair ``i % pairs_per_image`` of photo ``i // pairs_per_image``. Its
+    transformation is drawn from ``keyed_generator(seed, tag, kind, photo, pair[, epoch])``:
+    ``epoch`` is included only for ``fresh_each_epoch=True`` (the reference's
+    ``--random-sample``), set through :meth:`set_epoch`.
+
+    Items: ``source_image``, ``target_image`` (3 x h x w in [0, 1]), ``theta`` (6 or 18),
+    ``index``. With ``source_only=True`` only ``source_image`` (and ``index``) per photo.
+    """
+
+    def __init__(self, paths: list[str], kind: str, data: dict, out_size, seed: int, tag: str,
+                 pairs_per_image: int = 1, fresh_each_epoch: bool = False, source_only: bool = False,
+                 grid_size: int = 3):
+        self.paths = list(paths)
+        self.kind, self.data, self.out_size = kind, data, tuple(out_size)
+        self.seed, self.tag = seed, tag
+        self.pairs_per_image = 1 if source_only else int(pairs_per_image)
+        self.fresh_each_epoch, self.source_only = fresh_each_epoch, source_only
+        self.grid_size = grid_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.pairs_per_image
+
+    def theta(self, idx: int) -> torch.Tensor:
+        photo, pair = divmod(idx, self.pairs_per_image)
+        keys = (self.seed, self.tag, self.kind, photo, pair) + ((self.epoch,) if self.fresh_each_epoch else ())
+        return random_theta(self.kind, keyed_generator(*keys), 1, self.data, self.grid_size)[0]
+
+    def load_padded(self, photo: int) -> torch.Tensor:
+        from ..data.images import load_image, to_tensor
+
+        img = to_tensor(load_image(self.paths[photo]), tuple(self.data["load_size"]))
+        return symmetric_pad(img, self.data["padding_factor"])
+
+    def __getitem__(self, idx: int) -> dict:
+        photo = idx // self.pairs_per_image
+        padded = self.load_padded(photo)[None]
+        theta = None if self.source_only else self.theta(idx)
+        src, tgt = synth_pair(padded, self.kind, None if theta is None else theta[None], self.out_size,
+                              self.data["padding_factor"], self.data["crop_factor"])
+        item = {"source_image": src[0], "index": idx}
+        if not self.source_only:
+            item["target_image"] = tgt[0]
+            item["theta"] = theta
+        return item
