@@ -85,6 +85,16 @@ def load_model(spec: dict, root: Path):
     raise ValueError(f"model spec {spec} needs type: identity, checkpoint, or affine + tps")
 
 
+def _short_reason(exc) -> str:
+    """One readable line for a missing dataset (full details stay in the exception)."""
+    missing = getattr(exc, "missing", None)
+    how = getattr(exc, "how", "")
+    if missing:
+        first_step = how.split(";")[0].strip()
+        return f"{len(missing)} file(s) missing, e.g. {missing[0]}. To get it: {first_step}"
+    return str(exc)
+
+
 def _safe_name(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
 
@@ -109,14 +119,14 @@ def _predict(args) -> int:
             try:
                 get_dataset(bench, root=root / "data")
             except DatasetNotAvailable as exc:
-                status[bench]["reason"] = str(exc)
+                status[bench]["reason"] = _short_reason(exc)
             print(f"{bench}: not available ({status[bench]['reason'][:120]})")
             continue
         try:
             ds = get_dataset(bench, root=root / "data")
         except DatasetNotAvailable as exc:
-            status[bench] = {"available": False, "reason": str(exc)}
-            print(f"{bench}: not available ({str(exc)[:160]})")
+            status[bench] = {"available": False, "reason": _short_reason(exc)}
+            print(f"{bench}: not available ({status[bench]['reason']})")
             continue
         status[bench] = {"available": True, "pairs": len(ds), "models": {}}
         for name, spec in model_specs(cfg, root).items():

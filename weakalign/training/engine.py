@@ -192,7 +192,7 @@ class Task:
     step_module: nn.Module  # batch -> scalar loss; wrapped in DDP when distributed
     train_dataset: torch.utils.data.Dataset
     collate_fn: Callable | None = None
-    selection_mode: str = "min"  # "min" (a loss) or "max" (a score)
+    selection_mode: str = "min"  # "min" (a loss), "max" (a score) or "last" (no selection)
     selection_name: str = "val_loss"
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -234,8 +234,14 @@ def _phase_table(schedule: list) -> list[int]:
     return table
 
 
-def _best_path(state_path: Path) -> Path:
-    return state_path.with_name(state_path.stem + ".best" + state_path.suffix)
+def _best_path(state_path: Path, epoch: int) -> Path:
+    return state_path.with_name(f"{state_path.stem}.best-e{epoch}{state_path.suffix}")
+
+
+def _remove_stale_best(state_path: Path, keep: str) -> None:
+    for p in state_path.parent.glob(f"{state_path.stem}.best-e*{state_path.suffix}"):
+        if p.name != keep:
+            p.unlink(missing_ok=True)
 
 
 def _fresh_state(cfg: FitConfig, ctx: DistContext) -> dict:
@@ -252,7 +258,7 @@ def _fresh_state(cfg: FitConfig, ctx: DistContext) -> dict:
         "epoch_loss_count": 0,
         "history": [],
         "steps": {"step": [], "epoch": [], "loss": []},
-        "best": {"value": None, "epoch": None, "step": None},
+        "best": {"value": None, "epoch": None, "step": None, "file": None},
         "finished": False,
         "elapsed": 0.0,
     }
@@ -322,7 +328,6 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
         raise UserError("the training set is empty")
     sampler = ResumableSampler(n_train, ctx.world_size, ctx.rank, seed=cfg.seed, shuffle=True)
     steps_per_epoch = math.ceil(sampler.num_samples / local_batch)
-    best_path = _best_path(cfg.state_path)
 
     step_module = task.step_module
     if ctx.enabled:
@@ -340,8 +345,8 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
         state = _fresh_state(cfg, ctx)
 
     best_sd = None
-    if state["best"]["epoch"] is not None:
-        best_sd = safe_load(best_path, map_location=ctx.device)["state_dict"]
+    if state["best"].get("file"):
+        best_sd = safe_load(cfg.state_path.with_name(state["best"]["file"]), map_location=ctx.device)["state_dict"]
 
     def start_phase(p: int):
         nonlocal optimizer, scheduler
@@ -388,7 +393,6 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
             loader = DataLoader(task.train_dataset, batch_size=local_batch, sampler=sampler, num_workers=cfg.num_workers,
                                 collate_fn=task.collate_fn, generator=loader_gen, drop_last=False)
             task.set_train_mode()
-            step_module.train(model.training)
             for batch in loader:
                 optimizer.zero_grad(set_to_none=True)
                 loss = step_module(batch)
@@ -421,12 +425,17 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
             val = task.validate()
             value = float(val["value"])
             best = state["best"]
-            improved = best["value"] is None or (value < best["value"] if task.selection_mode == "min" else value > best["value"])
+            if best["value"] is None or task.selection_mode == "last":
+                improved = True
+            else:
+                improved = value < best["value"] if task.selection_mode == "min" else value > best["value"]
             if improved:
-                best.update(value=value, epoch=e + 1, step=state["global_step"])
+                # the best weights go to a file named after the epoch, written before the state
+                # that refers to it: a kill between the two writes never mixes up two epochs
+                best.update(value=value, epoch=e + 1, step=state["global_step"], file=_best_path(cfg.state_path, e + 1).name)
                 best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if ctx.main:
-                    save_checkpoint(best_path, model, meta=cfg.meta)
+                    save_checkpoint(cfg.state_path.with_name(best["file"]), model, meta=cfg.meta)
             train_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_count"])
             state["history"].append({
                 "epoch": e + 1, "step": state["global_step"], "phase": p, "lr": float(phases[p]["lr"]),
@@ -438,6 +447,8 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
             state["epoch_loss_sum"], state["epoch_loss_count"] = 0.0, 0
             state["elapsed"] = elapsed0 + time.perf_counter() - t_start
             save_state()
+            if improved and ctx.main:
+                _remove_stale_best(cfg.state_path, keep=best["file"])
             if ctx.main and cfg.progress:
                 bar.write(f"{cfg.desc}: epoch {e + 1}/{total_epochs} train loss {train_loss:.5g}, {task.selection_name} {value:.5g}"
                           + (" (best)" if improved else ""))
