@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import torch
+
+    # Denormal floats are very slow on x86 CPUs and appear in real-image activations; flushing
+    # them changes values only below ~1e-38 (see weakalign.models.inference).
+    torch.set_flush_denormal(True)
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as exc:

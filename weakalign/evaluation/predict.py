@@ -88,9 +88,18 @@ def _finish(pred, theta_aff, theta_tps, sizes_src, sizes_tgt, kinds):
     return pred
 
 
+def predict_pairs(*args, **kwargs) -> dict:
+    """Fast path (see :func:`_predict_pairs` for the arguments), denormals flushed to zero."""
+    from ..models.inference import flush_denormals
+
+    with flush_denormals(kwargs.pop("flush_denormals", True)):
+        return _predict_pairs(*args, **kwargs)
+
+
 @torch.inference_mode()
-def predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = True, image_size: Sequence[int] | None = None) -> dict:
-    """Fast path. ``model=None`` is the identity transform (no image is loaded)."""
+def _predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = True, image_size: Sequence[int] | None = None, optimize: bool = True) -> dict:
+    """Fast path. ``model=None`` is the identity transform (no image is loaded). ``optimize``
+    runs the backbone through :func:`weakalign.models.inference.optimize_for_inference`."""
     t0 = time.perf_counter()
     recs, paths, index = _pair_table(dataset)
     kinds = model_kinds(model)
@@ -106,6 +115,10 @@ def predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, device
         pred["seconds"] = time.perf_counter() - t0
         return pred
     model = model.to(device).eval()
+    if optimize:
+        from ..models.inference import optimize_for_inference
+
+        model = optimize_for_inference(model, batch_size)
     size = tuple(image_size or model.config.image_size)
     images, sizes = _load_images(paths, size, progress)
     feats = torch.cat([model.extract(images[i : i + batch_size].to(device)) for i in tqdm(range(0, len(paths), batch_size), desc="features", disable=not progress, leave=False)])

@@ -421,6 +421,11 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
                     save_state()
                     raise Paused(state["global_step"])
             # end of epoch: validation, selection, checkpoint
+            if ctx.enabled:
+                # BN running statistics are per rank after the last step; DDP would broadcast
+                # rank 0's at the next forward: do it now so validation and the saved model agree
+                for b in model.buffers():
+                    dist.broadcast(b, src=0)
             model.eval()
             val = task.validate()
             value = float(val["value"])
@@ -462,6 +467,13 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
     if best_sd is not None:
         model.load_state_dict(best_sd)
     model.eval()
+    if ctx.enabled:  # DDP keeps replicas identical; check it, a silent divergence would be worse
+        from .sources import module_fingerprint
+
+        prints = [None] * ctx.world_size
+        dist.all_gather_object(prints, module_fingerprint(model))
+        if len(set(prints)) != 1:
+            raise RuntimeError(f"{cfg.desc}: model replicas differ across ranks after training: {prints}")
     return state
 
 

@@ -112,7 +112,7 @@ def module_fingerprint(module: nn.Module) -> str:
     """SHA-256 (16 hex digits) of a module's state: names, shapes, dtypes and bytes."""
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]

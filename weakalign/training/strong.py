@@ -202,7 +202,10 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     val_ds = _pair_features(ctx, model, kind, sel_paths, cfg, "val", bb_fp, progress)
     heldout_ds = _pair_features(ctx, model, kind, heldout_paths, cfg, "heldout", bb_fp, progress)
 
-    loss = TransformedGridLoss(kind, tps_grid_size=model.config.tps_grid_size).to(ctx.device)
+    loss = TransformedGridLoss(kind, tps_grid_size=model.config.tps_grid_size)
+    # not loss.to(device): TransformedGridLoss defines a method named _apply, which shadows
+    # nn.Module._apply; move its one buffer by hand
+    loss.points = loss.points.to(ctx.device)
     step = StrongStep(model, loss, ctx.device)
     task = StrongTask(model, step, train_ds, val_ds, ctx, int(cfg["batch_size"]))
     fp = fingerprint(cfg, {"kind": kind, "backbone": bb_fp, "train": paths_digest(train_paths), "val": paths_digest(val_paths)})

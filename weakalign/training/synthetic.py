@@ -4,7 +4,9 @@ Procedure of the reference code (``SynthDataset`` + ``SynthPairTnf``), reproduce
 
 1. the photo is resized (bilinear) to ``load_size`` = 480 x 640 (h x w), whatever its aspect;
 2. it is padded **symmetrically** (mirror, edge pixel repeated) by ``padding_factor`` = 0.5 of
-   its height/width on each side;
+   its height/width on each side (implicitly: the sampling coordinates are mirrored instead,
+   which gives the same bilinear samples without building the 4x larger padded image;
+   ``tests/test_training_synthetic.py`` checks the equality against :func:`symmetric_pad`);
 3. the *source* is the central crop sampled on the identity grid scaled by
    ``s = padding_factor * crop_factor`` (= 0.5 * 9/16) of the padded image's normalised frame;
    the *target* is sampled on the grid of the random transformation ``theta``, scaled the same
@@ -88,22 +90,50 @@ def symmetric_pad(image: torch.Tensor, padding_factor: float) -> torch.Tensor:
     return image
 
 
-def synth_pair(padded: torch.Tensor, kind: str, theta: torch.Tensor | None, out_size, padding_factor: float, crop_factor: float):
-    """Source crop and/or warped target from a padded batch ``B x 3 x Hp x Wp``.
+def _mirror_coords(g: torch.Tensor, size: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised coordinates ``g`` of the padded axis (``size + 2 pad`` pixels) -> normalised
+    coordinates of the unpadded axis that sample the same bilinear value, and an "inside the
+    padded image" flag. Pixel ``-k`` of the padding is pixel ``k - 1`` of the image, so between
+    pixel centres the value at ``x < 0`` is the image's at ``max(0, -1 - x)`` (and mirrored at
+    the far end): the map is piecewise linear between integers, hence exact for bilinear
+    sampling."""
+    n = size + 2 * pad
+    x = (g + 1) * (n - 1) / 2 - pad  # pixel coordinate in the unpadded image
+    inside = (x >= -pad - 1e-4) & (x <= size - 1 + pad + 1e-4)
+    x = torch.where(x < 0, (-1 - x).clamp(min=0), x)
+    x = torch.where(x > size - 1, (2 * size - 1 - x).clamp(max=size - 1), x)
+    return x * 2 / (size - 1) - 1, inside
+
+
+def _sample_padded(image: torch.Tensor, grid: torch.Tensor, padding_factor: float) -> torch.Tensor:
+    """``warp_image(symmetric_pad(image), grid)`` without building the padded image (falls back
+    to building it when the grid leaves the padded image, where zeros are read)."""
+    h, w = image.shape[-2:]
+    ph, pw = int(h * padding_factor), int(w * padding_factor)
+    gx, in_x = _mirror_coords(grid[..., 0], w, pw)
+    gy, in_y = _mirror_coords(grid[..., 1], h, ph)
+    if not bool((in_x & in_y).all()):
+        return warp_image(symmetric_pad(image, padding_factor), grid)
+    return warp_image(image, torch.stack((gx, gy), dim=-1))
+
+
+def synth_pair(image: torch.Tensor, kind: str, theta: torch.Tensor | None, out_size, padding_factor: float, crop_factor: float):
+    """Source crop and warped target from an **unpadded** batch ``B x 3 x H x W`` (already at
+    ``load_size``); the symmetric padding is applied implicitly (:func:`_sample_padded`).
 
     ``theta=None`` returns only the source (the identity crop). Returns ``(source, target)``
     (target ``None`` without ``theta``), both ``B x 3 x out_h x out_w`` in [0, 1].
     """
     h, w = int(out_size[0]), int(out_size[1])
     s = padding_factor * crop_factor
-    b = padded.shape[0]
-    base = normalized_grid(h, w, b, padded.dtype, padded.device) * s
-    source = warp_image(padded, base).clamp_(0.0, 1.0)
+    b = image.shape[0]
+    base = normalized_grid(h, w, b, image.dtype, image.device) * s
+    source = _sample_padded(image, base, padding_factor).clamp_(0.0, 1.0)
     target = None
     if theta is not None:
         kw = {"theta_aff": theta} if kind == "affine" else {"theta_tps": theta}
-        grid = sampling_grid(kind, h, w, **kw) * s
-        target = warp_image(padded, grid.to(padded.dtype)).clamp_(0.0, 1.0)
+        grid = sampling_grid(kind, h, w, **kw).to(image.dtype) * s
+        target = _sample_padded(image, grid, padding_factor).clamp_(0.0, 1.0)
     return source, target
 
 
@@ -141,17 +171,17 @@ class SyntheticPairs(torch.utils.data.Dataset):
         keys = (self.seed, self.tag, self.kind, photo, pair) + ((self.epoch,) if self.fresh_each_epoch else ())
         return random_theta(self.kind, keyed_generator(*keys), 1, self.data, self.grid_size)[0]
 
-    def load_padded(self, photo: int) -> torch.Tensor:
+    def load(self, photo: int) -> torch.Tensor:
+        """The photo resized to ``load_size`` (``3 x H x W`` in [0, 1]; not padded)."""
         from ..data.images import load_image, to_tensor
 
-        img = to_tensor(load_image(self.paths[photo]), tuple(self.data["load_size"]))
-        return symmetric_pad(img, self.data["padding_factor"])
+        return to_tensor(load_image(self.paths[photo]), tuple(self.data["load_size"]))
 
     def __getitem__(self, idx: int) -> dict:
         photo = idx // self.pairs_per_image
-        padded = self.load_padded(photo)[None]
+        image = self.load(photo)[None]
         theta = None if self.source_only else self.theta(idx)
-        src, tgt = synth_pair(padded, self.kind, None if theta is None else theta[None], self.out_size,
+        src, tgt = synth_pair(image, self.kind, None if theta is None else theta[None], self.out_size,
                               self.data["padding_factor"], self.data["crop_factor"])
         item = {"source_image": src[0], "index": idx}
         if not self.source_only:

@@ -1,0 +1,35 @@
+"""The benchmark harness runs on a tiny setting (speed itself is never asserted)."""
+
+import json
+import sys
+
+import pytest
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_run_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import run
+
+    assert run.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["environment"]["torch"] and res["environment"]["threads"] >= 1
+    assert res["inference"][0]["pairs_per_s"] > 0 and res["inference"][0]["peak_rss_mb"] > 0
+    assert res["flops"]["efficientnet_lite0"]["two_stage_pair_flops"] > res["flops"]["efficientnet_lite0"]["backbone_pass_flops"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "GFLOP/s" in md and "efficientnet_lite0" in md
+
+
+def test_readme_block_is_replaced_not_duplicated(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import run
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    run.update_readme("first\n")
+    run.update_readme("second\n")
+    text = readme.read_text()
+    assert text.count(run.README_BEGIN) == 1 and "second" in text and "first" not in text and "intro" in text

@@ -1,0 +1,283 @@
+"""Training: determinism, resume after a crash, the no-mask variant, a 2-process gloo DDP run.
+
+Everything runs on a handful of generated images with the tiny stride-16 stand-in backbone of
+``conftest.py`` at 176 x 176 (an 11 x 11 feature map, the smallest the 7x7 + 5x5 head takes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyBackbone
+
+from weakalign.cli import UserError
+from weakalign.models.checkpoints import safe_load
+from weakalign.training.engine import Paused, StopTraining
+from weakalign.training.params import resolve
+from weakalign.training.strong import train_strong
+from weakalign.training.weak import train_weak
+
+SIZE = [176, 176]
+
+
+def _write_images(root: Path, n: int) -> list[str]:
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    names = []
+    for i in range(n):
+        rng = np.random.default_rng(100 + i)
+        a = gaussian_filter(rng.random((60, 80, 3)), sigma=(3, 3, 0))
+        a = (a - a.min()) / (a.max() - a.min() + 1e-9)
+        name = f"img/{i:02d}.png"
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((a * 255).astype(np.uint8)).save(root / name)
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    names = _write_images(root, 14)
+    (root / "strong_train.csv").write_text("image,category\n" + "".join(f"{n},c\n" for n in names[:8]))
+    (root / "strong_val.csv").write_text("image,category\n" + "".join(f"{n},c\n" for n in names[8:12]))
+    pairs = [(names[i], names[(i + 1) % 8], i % 2) for i in range(8)]
+    (root / "weak_train.csv").write_text("source_image,target_image,class,flip\n" + "".join(f"{a},{b},c,{f}\n" for a, b, f in pairs))
+    val = [(names[8 + i], names[8 + (i + 1) % 6], 0) for i in range(4)]
+    (root / "weak_val.csv").write_text("source_image,target_image,class,flip\n" + "".join(f"{a},{b},c,{f}\n" for a, b, f in val))
+    return root
+
+
+def _outputs(out: Path, stem: str) -> dict:
+    return {
+        "checkpoint": str(out / f"{stem}.pt"),
+        "state": str(out / "state" / f"{stem}.pt"),
+        "metrics": str(out / f"{stem}.json"),
+        "plot": str(out / f"{stem}.csv"),
+        "steps_plot": str(out / f"{stem}_steps.csv"),
+    }
+
+
+def strong_cfg(data: Path, out: Path, **over) -> dict:
+    block = {
+        "model": {"backbone": "tiny", "backbone_weights": "random", "image_size": SIZE},
+        "data": {
+            "train": {"csv": str(data / "strong_train.csv"), "image_root": str(data)},
+            "val": {"csv": str(data / "strong_val.csv"), "image_root": str(data)},
+            "load_size": [96, 128],
+        },
+        "pairs_per_image": 2,  # 16 pairs, batch 4: 4 steps per epoch
+        "batch_size": 4,
+        "schedule": [{"epochs": 2, "lr": 1e-3}, {"epochs": 1, "lr": 2e-4, "restart_from_best": True}],
+        "checkpoint_every": 3,
+        "cache_dir": str(out / "cache"),
+        "outputs": _outputs(out, "strong_{model}"),
+    }
+    return resolve("train_strong", {"train_strong": block}, overrides=over)
+
+
+def weak_cfg(data: Path, out: Path, strong: Path, variant=None, **over) -> dict:
+    block = {
+        "init": {"affine": str(strong / "strong_affine.pt"), "tps": str(strong / "strong_tps.pt")},
+        "data": {
+            "train": {"csv": str(data / "weak_train.csv"), "image_root": str(data)},
+            "val": {"csv": str(data / "weak_val.csv"), "image_root": str(data)},
+        },
+        "batch_size": 4,  # 8 pairs: 2 steps per epoch
+        "schedule": [{"epochs": 3, "lr": 1e-3}],
+        "checkpoint_every": 1,
+        "cache_dir": str(out / "cache"),
+        "outputs": _outputs(out, "weak"),
+        "variant_outputs": _outputs(out / "ablations", "{variant}"),
+    }
+    return resolve("train_weak", {"train_weak": block}, variant=variant, overrides=over)
+
+
+def weights(path) -> dict:
+    return safe_load(path)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def crash_at(step: int):
+    def hook(state):
+        if state["global_step"] == step:
+            raise StopTraining(f"simulated crash after step {step}")
+    return hook
+
+
+@pytest.fixture(scope="module")
+def strong_models(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("strong")
+    for kind in ("affine", "tps"):
+        train_strong(strong_cfg(data, out, schedule=[{"epochs": 1, "lr": 1e-3}]), kind, progress=False, backbone_factory=TinyBackbone)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_strong_training_outputs_and_determinism(data, tmp_path):
+    m1 = train_strong(strong_cfg(data, tmp_path / "a"), "affine", progress=False, backbone_factory=TinyBackbone)
+    m2 = train_strong(strong_cfg(data, tmp_path / "b"), "affine", progress=False, backbone_factory=TinyBackbone)
+    assert_same_weights(weights(tmp_path / "a" / "strong_affine.pt"), weights(tmp_path / "b" / "strong_affine.pt"))
+    for k in ("heldout_grid_loss", "heldout_identity_grid_loss", "epochs", "steps"):
+        assert m1[k] == m2[k]
+    assert (m1["epochs"], m1["steps"], m1["train_pairs"]) == (3, 12, 16)
+    saved = json.loads((tmp_path / "a" / "strong_affine.json").read_text())
+    assert saved["heldout_grid_loss"] == m1["heldout_grid_loss"] and saved["selection"]["best_epoch"] in (1, 2, 3)
+    curve = (tmp_path / "a" / "strong_affine.csv").read_text().splitlines()
+    assert curve[0] == "epoch,step,lr,train_loss,val_loss" and len(curve) == 4
+    assert len((tmp_path / "a" / "strong_affine_steps.csv").read_text().splitlines()) == 13
+    ckpt = safe_load(tmp_path / "a" / "strong_affine.pt")
+    assert ckpt["geometric_model"] == "affine" and ckpt["meta"]["stage"] == "train-strong"
+    assert ckpt["config"]["image_size"] == SIZE
+    state = safe_load(tmp_path / "a" / "state" / "strong_affine.pt")
+    assert state["training_state"]["finished"] is True
+    assert {"torch", "python", "numpy"} <= set(state["rng"])
+
+
+@pytest.mark.parametrize("pairs", ["fixed", "random"])
+def test_strong_resume_after_crash_gives_the_same_weights(data, tmp_path, pairs):
+    ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
+    train_strong(strong_cfg(data, ref_dir, pairs=pairs), "tps", progress=False, backbone_factory=TinyBackbone)
+    # crash in the middle of epoch 2 (step 7; last checkpoint: step 6, mid-epoch)
+    with pytest.raises(StopTraining):
+        train_strong(strong_cfg(data, crash_dir, pairs=pairs), "tps", progress=False, backbone_factory=TinyBackbone, on_step=crash_at(7))
+    st = safe_load(crash_dir / "state" / "strong_tps.pt")["training_state"]
+    assert (st["epoch"], st["step_in_epoch"], st["global_step"]) == (1, 2, 6)
+    assert not (crash_dir / "strong_tps.pt").exists()
+    m = train_strong(strong_cfg(data, crash_dir, pairs=pairs), "tps", resume="must", progress=False, backbone_factory=TinyBackbone)
+    assert_same_weights(weights(ref_dir / "strong_tps.pt"), weights(crash_dir / "strong_tps.pt"))
+    ref_curve = (ref_dir / "strong_tps.csv").read_text()
+    assert (crash_dir / "strong_tps.csv").read_text() == ref_curve  # loss history identical too
+    assert m["steps"] == 12
+
+
+def test_strong_max_steps_pause_then_resume_across_the_phase_restart(data, tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    train_strong(strong_cfg(data, ref_dir), "affine", progress=False, backbone_factory=TinyBackbone)
+    # pause at the end of epoch 2 = just before phase 2 reloads the best weights
+    with pytest.raises(Paused):
+        train_strong(strong_cfg(data, run_dir), "affine", max_steps=8, progress=False, backbone_factory=TinyBackbone)
+    with pytest.raises(Paused):
+        train_strong(strong_cfg(data, run_dir), "affine", resume="must", max_steps=10, progress=False, backbone_factory=TinyBackbone)
+    train_strong(strong_cfg(data, run_dir), "affine", resume="must", progress=False, backbone_factory=TinyBackbone)
+    assert_same_weights(weights(ref_dir / "strong_affine.pt"), weights(run_dir / "strong_affine.pt"))
+    # a finished run resumes to the same outputs without training
+    m = train_strong(strong_cfg(data, run_dir), "affine", resume="must", progress=False, backbone_factory=TinyBackbone)
+    assert m["steps"] == 12
+
+
+def test_resume_refuses_other_parameters(data, tmp_path):
+    with pytest.raises(Paused):
+        train_strong(strong_cfg(data, tmp_path), "affine", max_steps=2, progress=False, backbone_factory=TinyBackbone)
+    changed = strong_cfg(data, tmp_path, batch_size=8)
+    with pytest.raises(UserError, match="parameters changed"):
+        train_strong(changed, "affine", resume="must", progress=False, backbone_factory=TinyBackbone)
+    # auto: start from scratch instead
+    m = train_strong(changed, "affine", resume="auto", progress=False, backbone_factory=TinyBackbone)
+    assert m["steps"] == 6
+    with pytest.raises(UserError, match="no training-state checkpoint"):
+        train_strong(strong_cfg(data, tmp_path / "none"), "affine", resume="must", progress=False, backbone_factory=TinyBackbone)
+
+
+def test_weak_training_resume_after_crash(data, strong_models, tmp_path):
+    ref = train_weak(weak_cfg(data, tmp_path / "ref", strong_models), progress=False, backbone_factory=TinyBackbone)
+    with pytest.raises(StopTraining):
+        train_weak(weak_cfg(data, tmp_path / "crash", strong_models), progress=False, backbone_factory=TinyBackbone, on_step=crash_at(3))
+    m = train_weak(weak_cfg(data, tmp_path / "crash", strong_models), resume="must", progress=False, backbone_factory=TinyBackbone)
+    assert_same_weights(weights(tmp_path / "ref" / "weak.pt"), weights(tmp_path / "crash" / "weak.pt"))
+    assert m["heldout_score_after"] == ref["heldout_score_after"]
+    assert ref["selection"]["criterion"] == "heldout_weak_score" and ref["selection"]["uses_keypoints"] is False
+    assert ref["label"] == "inlier mask, tolerance 0" and ref["stage1_features_cached"] is True
+    assert ref["train_parts"] == ["regression", "regression2"]
+    # the strong weights were the starting point and the regressors moved
+    w = weights(tmp_path / "ref" / "weak.pt")
+    aff = weights(strong_models / "strong_affine.pt")
+    assert not torch.equal(w["regression.linear.weight"], aff["regression.linear.weight"])
+    assert torch.equal(w["feature_extraction.backbone.body.0.weight"], aff["feature_extraction.backbone.body.0.weight"])
+
+
+def test_no_mask_variant_trains_and_is_labelled(data, strong_models, tmp_path):
+    m = train_weak(weak_cfg(data, tmp_path, strong_models, variant="no_mask"), progress=False, backbone_factory=TinyBackbone)
+    assert m["variant"] == "no_mask" and m["label"] == "no inlier mask" and m["loss"]["mask"] == "none"
+    ckpt = safe_load(tmp_path / "ablations" / "no_mask.pt")
+    assert ckpt["meta"]["label"] == "no inlier mask" and ckpt["geometric_model"] == "affine_tps"
+    saved = json.loads((tmp_path / "ablations" / "no_mask.json").read_text())
+    assert saved["label"] == "no inlier mask" and saved["steps"] == 6
+    assert not (tmp_path / "weak.pt").exists()  # the main model's outputs are untouched
+    # it optimised the no-mask score (a different quantity from the reference loss's)
+    assert m["heldout_score_before"] != pytest.approx(m["heldout_score_reference_loss_before"])
+    hist = safe_load(tmp_path / "ablations" / "state" / "no_mask.pt")["training_state"]["history"]
+    assert len(hist) == 3 and all(np.isfinite(h["train_loss"]) for h in hist)
+
+
+def test_weak_training_of_the_last_backbone_blocks_without_cache(data, strong_models, tmp_path):
+    m = train_weak(weak_cfg(data, tmp_path, strong_models, train_parts="last_blocks", last_blocks=1,
+                            schedule=[{"epochs": 1, "lr": 1e-3}]), progress=False, backbone_factory=TinyBackbone)
+    assert m["stage1_features_cached"] is False and "last 1 backbone block(s)" in m["train_parts"]
+    w = weights(tmp_path / "weak.pt")
+    aff = weights(strong_models / "strong_affine.pt")
+    last = "feature_extraction.backbone.body.3.weight"  # the tiny backbone's last conv
+    assert not torch.equal(w[last], aff[last])
+    assert torch.equal(w["feature_extraction.backbone.body.0.weight"], aff["feature_extraction.backbone.body.0.weight"])
+
+
+def test_missing_inputs_name_the_command_that_creates_them(data, tmp_path):
+    with pytest.raises(UserError, match="weakalign train-strong --model affine"):
+        train_weak(weak_cfg(data, tmp_path, tmp_path / "nowhere"), progress=False, backbone_factory=TinyBackbone)
+    cfg = strong_cfg(data, tmp_path)
+    cfg["data"]["train"] = {"csv": str(tmp_path / "missing.csv")}
+    with pytest.raises(UserError, match="weakalign data splits"):
+        train_strong(cfg, "affine", progress=False, backbone_factory=TinyBackbone)
+
+
+# --- distributed ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    from weakalign.training import engine
+
+    ctx = engine.setup_distributed("cpu", 1)
+    try:
+        cfg = strong_cfg(Path(data), Path(out), schedule=[{"epochs": 2, "lr": 1e-3}])
+        # fit() checks at the end that every rank holds the same weights (raises otherwise)
+        m = train_strong(cfg, "affine", progress=False, backbone_factory=TinyBackbone, ctx=ctx)
+        torch.save({"metrics": m}, Path(out) / f"rank{rank}.pt")
+    finally:
+        ctx.close()
+
+
+def test_ddp_two_processes_gloo(data, tmp_path):
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(data), str(tmp_path)), nprocs=2, join=True)
+    m0 = torch.load(tmp_path / "rank0.pt", weights_only=True)["metrics"]
+    m1 = torch.load(tmp_path / "rank1.pt", weights_only=True)["metrics"]
+    # validation and held-out numbers are all-reduced: identical on both ranks
+    assert m0["heldout_grid_loss"] == m1["heldout_grid_loss"]
+    assert m0["steps"] == 8  # 16 pairs, global batch 4 = 2 per rank: 4 steps per epoch
+    assert (tmp_path / "strong_affine.pt").is_file() and (tmp_path / "strong_affine.json").is_file()
+    state = safe_load(tmp_path / "state" / "strong_affine.pt")["training_state"]
+    assert state["world_size"] == 2 and state["finished"]

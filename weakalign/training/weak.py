@@ -1,0 +1,417 @@
+"""``weakalign train-weak``: WeakAlign's weakly-supervised fine-tuning (CVPR 2018).
+
+The two-stage model (:class:`~weakalign.models.TwoStageCNNGeometric`) is assembled from the
+strong affine and TPS checkpoints and trained on matching image pairs with
+``loss = -mean(TwoStageInlierScore)`` (:mod:`weakalign.losses.inlier`; its parameters come from
+``train_weak.loss``). As in the reference, the model stays in eval mode during training (BN
+statistics fixed) unless ``update_bn_buffers``.
+
+Which parameters train is ``train_parts``: ``regressors`` (both heads; default profile),
+``last_blocks`` (+ the last ``last_blocks`` backbone blocks) or ``all`` (the reference's
+default). With a frozen backbone and fixed images (no random crop) the stage-1 features of
+every image are computed once and cached; the stage-2 features of the affine-warped source
+depend on the current estimate and run at every step, and the gradient flows through the
+frozen backbone into the warp (the method is unchanged by the caching).
+
+Model selection (``selection``): ``heldout_weak_score`` (default, no keypoints anywhere) is the
+mean soft-inlier score on the even rows of the held-out pair list; the odd rows are only used
+for the reported before/after numbers. ``pf_pascal_val_pck`` is the reference code's choice
+(PCK@0.1 on the PF-PASCAL validation pairs: keypoint supervision for model selection); its use
+is recorded in the metrics and the checkpoint. ``last_epoch`` keeps the last weights.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..losses import TwoStageInlierScore
+from . import engine
+from .params import fingerprint, weak_label
+from .sources import cache_path, cached, check_images, module_fingerprint, pair_list, paths_digest, subsample
+from .synthetic import keyed_generator
+
+REFERENCE_LOSS = {"tolerance": 0, "shape": "square", "mask": "identity", "normalize": True, "offset_factor": 227.0 / 210.0, "tps_reg_factor": 0.2}
+
+
+def _user_error(msg):
+    from weakalign.cli import UserError
+
+    return UserError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+def random_crop_box(h: int, w: int, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """The reference's crop: top/left in [0, size/4), bottom/right in [3 size/4, size)."""
+    def r(n):
+        return int(torch.randint(0, max(1, int(n / 4)), (1,), generator=gen))
+    top, left = r(h), r(w)
+    bottom, right = int(3 * h / 4 + r(h)), int(3 * w / 4 + r(w))
+    return top, bottom, left, right
+
+
+def load_pair_image(path: Path, flip: bool, size, crop_gen: torch.Generator | None = None) -> torch.Tensor:
+    import numpy as np
+
+    from ..data.images import load_image, to_tensor
+
+    a = load_image(path)
+    if crop_gen is not None:
+        t, b, l, r = random_crop_box(a.shape[0], a.shape[1], crop_gen)
+        a = a[t:b, l:r]
+    if flip:
+        a = np.ascontiguousarray(a[:, ::-1])
+    return to_tensor(a, size)
+
+
+class WeakPairs(torch.utils.data.Dataset):
+    """Pairs as images (``source_image``, ``target_image``); with ``features`` (a dict
+    ``(rel_path, flip) -> row`` and a tensor) the stage-1 features come from the cache and only
+    the source image is loaded (stage 2 warps it)."""
+
+    def __init__(self, records, image_root: Path, size, use_flip: bool, random_crop: bool, seed: int, tag: str,
+                 features: tuple[dict, torch.Tensor] | None = None):
+        self.records, self.image_root, self.size = list(records), Path(image_root), tuple(size)
+        self.use_flip, self.random_crop, self.seed, self.tag = use_flip, random_crop, seed, tag
+        self.features = features
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.records)
+
+    def flip(self, r) -> bool:
+        return bool(r.flip) and self.use_flip
+
+    def _gen(self, i, which):
+        return keyed_generator(self.seed, self.tag, "crop", self.epoch, i, which) if self.random_crop else None
+
+    def __getitem__(self, i):
+        r = self.records[i]
+        fl = self.flip(r)
+        item = {"source_image": load_pair_image(self.image_root / r.source, fl, self.size, self._gen(i, "source")), "index": i}
+        if self.features is None:
+            item["target_image"] = load_pair_image(self.image_root / r.target, fl, self.size, self._gen(i, "target"))
+        else:
+            rows, feats = self.features
+            item["f_src"] = feats[rows[(r.source, fl)]]
+            item["f_tgt"] = feats[rows[(r.target, fl)]]
+        return item
+
+
+class _UniqueImages(torch.utils.data.Dataset):
+    def __init__(self, keys, image_root, size):
+        self.keys, self.image_root, self.size = keys, Path(image_root), size
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        rel, fl = self.keys[i]
+        return {"image": load_pair_image(self.image_root / rel, fl, self.size)}
+
+
+def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, backbone_fp, progress):
+    """``((rel_path, flip) -> row, features)`` for every image of the given record lists."""
+    from .sources import extract_features
+
+    keys = list(dict.fromkeys((p, bool(r.flip) and use_flip) for recs in records_list for r in recs for p in (r.source, r.target)))
+    key = {"what": "weak-stage1", "backbone": backbone_fp, "image_size": list(size), "root": str(image_root),
+           "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
+    obj = cached(ctx, cache_path(cfg["cache_dir"], "weak-stage1", key), key, lambda: extract_features(
+        model, _UniqueImages(keys, image_root, size), ("image",), int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device,
+        "features weak pairs", progress))
+    return {k: i for i, k in enumerate(keys)}, obj["image"]
+
+
+# ---------------------------------------------------------------------------------------------
+# model, step, task
+# ---------------------------------------------------------------------------------------------
+
+def load_stage(path: Path, kind: str, backbone_factory=None) -> nn.Module:
+    """A strong one-stage checkpoint (``kind`` = affine | tps)."""
+    from ..models import CNNGeometric, ModelConfig, load_checkpoint
+    from ..models.checkpoints import safe_load
+
+    if not path.is_file():
+        raise _user_error(f"strong {kind} checkpoint {path} not found; create it with `weakalign train-strong --model {kind}` "
+                          f"(or `dvc repro train_strong@{kind}`)")
+    if backbone_factory is not None:
+        ckpt = safe_load(path)
+        model = CNNGeometric(ckpt["geometric_model"], ModelConfig.from_dict(ckpt["config"]), backbone=backbone_factory())
+        model.load_state_dict(ckpt["state_dict"])
+    else:
+        model, _ = load_checkpoint(path)
+    if model.geometric_model != kind:
+        raise _user_error(f"{path} holds a {model.geometric_model} model, expected {kind}")
+    return model
+
+
+def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks in execution order: ``nn.Sequential`` containers are expanded,
+    parameter-free modules (ReLU, pooling) dropped. ResNet: bottlenecks; EfficientNet:
+    inverted-residual blocks; VGG: convolutions."""
+    body = getattr(backbone, "body", backbone)
+    out: list[nn.Module] = []
+
+    def walk(m):
+        if isinstance(m, nn.Sequential):
+            for c in m.children():
+                walk(c)
+        elif any(True for _ in m.parameters()):
+            out.append(m)
+
+    walk(body)
+    return out
+
+
+def set_trainable(model, parts: str, last_blocks: int) -> list[str]:
+    """requires_grad per ``train_parts``; returns a short description of what trains."""
+    for p in model.parameters():
+        p.requires_grad_(parts == "all")
+    for head in (model.regression, model.regression2):
+        for p in head.parameters():
+            p.requires_grad_(True)
+    desc = ["regression", "regression2"]
+    if parts == "last_blocks":
+        blocks = backbone_blocks(model.feature_extraction.backbone)
+        n = max(0, min(int(last_blocks), len(blocks)))
+        for b in blocks[len(blocks) - n:]:
+            for p in b.parameters():
+                p.requires_grad_(True)
+        desc.append(f"last {n} backbone block(s)")
+    elif parts == "all":
+        desc.append("backbone")
+    return desc
+
+
+class WeakStep(nn.Module):
+    def __init__(self, model, scorer: TwoStageInlierScore, device):
+        super().__init__()
+        self.model, self.scorer, self.device = model, scorer, device
+
+    def scores(self, batch, scorer=None) -> torch.Tensor:
+        src = batch["source_image"].to(self.device)
+        if "f_src" in batch:
+            out = self.model(src, None, f_src=batch["f_src"].to(self.device), f_tgt=batch["f_tgt"].to(self.device))
+        else:
+            out = self.model(src, batch["target_image"].to(self.device))
+        return (scorer or self.scorer)(out.theta_aff, out.theta_aff_tps, out.corr_aff)
+
+    def forward(self, batch) -> torch.Tensor:
+        return -self.scores(batch).mean()
+
+
+@torch.no_grad()
+def mean_score(step: WeakStep, dataset, ctx, batch_size: int, scorer=None, identity: bool = False) -> float:
+    """Mean per-pair two-stage soft-inlier score over ``dataset`` (sharded, all-reduced).
+    ``identity=True`` scores the identity transformation on the stage-1 correlation."""
+    from torch.utils.data import DataLoader, Subset
+
+    from ..geometry import affine_identity, tps_identity
+
+    step.model.eval()
+    idx = engine.shard(len(dataset), ctx)
+    total, count = 0.0, 0
+    if len(idx):
+        for batch in DataLoader(Subset(dataset, list(idx)), batch_size=batch_size, shuffle=False):
+            if identity:
+                m = step.model
+                fs = batch["f_src"].to(step.device) if "f_src" in batch else m.extract(batch["source_image"].to(step.device))
+                ft = batch["f_tgt"].to(step.device) if "f_tgt" in batch else m.extract(batch["target_image"].to(step.device))
+                corr = m.correlation(fs, ft)
+                n = corr.shape[0]
+                s = (scorer or step.scorer)(affine_identity(n, device=corr.device), tps_identity(n, device=corr.device), corr)
+            else:
+                s = step.scores(batch, scorer)
+            total += float(s.double().sum())
+            count += int(s.shape[0])
+    tot, cnt = ctx.all_reduce_sum([total, float(count)])
+    return tot / max(cnt, 1.0)
+
+
+def pf_pascal_val_pck(model, ctx, batch_size: int) -> float:
+    """PCK@0.1 (PF-PASCAL protocol: images and points at 224 x 224, L = 224, per pair) of the
+    two-stage model on the PF-PASCAL validation pairs (rank 0 computes, then broadcasts)."""
+    value = None
+    if ctx.main:
+        from ..data.datasets import PFPascalDataset
+        from ..evaluation.metrics import pck_table
+        from ..evaluation.pck import PCKProtocol
+        from ..evaluation.predict import predict_pairs
+
+        pred = predict_pairs(model, PFPascalDataset(split="val"), batch_size=batch_size, device=ctx.device, progress=False)
+        value = pck_table(pred, PCKProtocol("image_224", (0.1,), "per_pair"), "affine_tps")["result"].pck[0.1]
+    return float(ctx.broadcast_object(value))
+
+
+class WeakTask(engine.Task):
+    def __init__(self, model, step, train_dataset, val_dataset, ctx, cfg):
+        self.model, self.step_module, self.train_dataset = model, step, train_dataset
+        self.val_dataset, self.ctx, self.cfg = val_dataset, ctx, cfg
+        sel = cfg["selection"]
+        self.selection_mode = {"heldout_weak_score": "max", "pf_pascal_val_pck": "max", "last_epoch": "last"}[sel]
+        self.selection_name = {"heldout_weak_score": "val_score", "pf_pascal_val_pck": "val_pck", "last_epoch": "val_score"}[sel]
+
+    def set_train_mode(self):
+        self.model.train(bool(self.cfg["update_bn_buffers"]))
+
+    def set_epoch(self, epoch):
+        self.train_dataset.set_epoch(epoch)
+
+    def validate(self):
+        bs = int(self.cfg["batch_size"])
+        score = mean_score(self.step_module, self.val_dataset, self.ctx, bs)
+        if self.cfg["selection"] == "pf_pascal_val_pck":
+            return {"value": pf_pascal_val_pck(self.model, self.ctx, bs), "val_score": score}
+        return {"value": score}
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+
+def train_weak(cfg: dict, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
+               backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
+    """Fine-tune the two-stage model with the soft-inlier loss; returns the metrics dict."""
+    t0 = time.perf_counter()
+    own_ctx = ctx is None
+    ctx = ctx or engine.setup_distributed(cfg["device"], int(cfg["threads"]))
+    try:
+        return _train_weak(cfg, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
+    finally:
+        if own_ctx:
+            ctx.close()
+
+
+def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0):
+    from ..data.atomic import write_json
+    from ..models import TwoStageCNNGeometric
+    from ..models.checkpoints import save_checkpoint
+
+    variant = cfg["_variant"]
+    label = weak_label(cfg)
+    out_spec = cfg["outputs"] if variant == "default" else cfg["variant_outputs"]
+    outs = {k: engine.resolve_path(v, variant=variant) for k, v in out_spec.items()}
+    data, seed = cfg["data"], int(cfg["seed"])
+
+    if cfg["selection"] == "pf_pascal_val_pck":
+        from ..data.datasets import DatasetNotAvailable, PFPascalDataset
+
+        try:
+            PFPascalDataset(split="val")
+        except DatasetNotAvailable as exc:
+            raise _user_error(f"selection pf_pascal_val_pck needs the PF-PASCAL validation pairs and images: {exc}") from exc
+
+    train_recs, train_root = pair_list(data["train"], data["root"], "train_weak.data.train", data["use_flip"])
+    val_recs, val_root = pair_list(data["val"], data["root"], "train_weak.data.val", data["use_flip"])
+    train_recs = [train_recs[i] for i in subsample(len(train_recs), int(data["max_train_pairs"]), seed, "weak-train-pairs")]
+    val_recs = [val_recs[i] for i in subsample(len(val_recs), int(data["max_val_pairs"]), seed, "weak-val-pairs")]
+    sel_recs, report_recs = val_recs[0::2], val_recs[1::2]
+    if not train_recs or not sel_recs or not report_recs:
+        raise _user_error(f"train_weak: need >= 1 training pair and >= 2 held-out pairs (have {len(train_recs)}, {len(val_recs)})")
+    check_images([train_root / p for r in train_recs for p in (r.source, r.target)], "train_weak.data.train")
+    check_images([val_root / p for r in val_recs for p in (r.source, r.target)], "train_weak.data.val")
+
+    engine.seed_everything(seed)
+    init = {k: engine.resolve_path(cfg["init"][k]) for k in ("affine", "tps")}
+    aff, tps = load_stage(init["affine"], "affine", backbone_factory), load_stage(init["tps"], "tps", backbone_factory)
+    try:
+        model = TwoStageCNNGeometric.from_stages(aff, tps)
+    except ValueError as exc:
+        raise _user_error(f"{init['affine']} and {init['tps']} cannot be combined: {exc}") from exc
+    del aff, tps
+    model = model.to(ctx.device)
+    trains = set_trainable(model, cfg["train_parts"], int(cfg["last_blocks"]))
+    size = tuple(model.config.image_size)
+    bb_fp = module_fingerprint(model.feature_extraction)
+    h, w = model.feature_size
+
+    backbone_frozen = cfg["train_parts"] == "regressors" and not cfg["update_bn_buffers"]
+    cache_train = bool(cfg["cache_features"]) and backbone_frozen and not data["random_crop"]
+    cache_val = bool(cfg["cache_features"]) and backbone_frozen
+    use_flip = bool(data["use_flip"])
+    train_feats = stage1_features(ctx, model, [train_recs], train_root, size, use_flip, cfg, bb_fp, progress) if cache_train else None
+    val_feats = stage1_features(ctx, model, [val_recs], val_root, size, use_flip, cfg, bb_fp, progress) if cache_val else None
+    train_ds = WeakPairs(train_recs, train_root, size, use_flip, bool(data["random_crop"]), seed, "train", train_feats)
+    sel_ds = WeakPairs(sel_recs, val_root, size, use_flip, False, seed, "val", val_feats)
+    report_ds = WeakPairs(report_recs, val_root, size, use_flip, False, seed, "val", val_feats)
+
+    loss_kw = dict(cfg["loss"])
+    scorer = TwoStageInlierScore(h, w, **loss_kw).to(ctx.device)
+    ref_scorer = TwoStageInlierScore(h, w, **REFERENCE_LOSS).to(ctx.device)
+    step = WeakStep(model, scorer, ctx.device)
+    bs = int(cfg["batch_size"])
+    before = {"score": mean_score(step, report_ds, ctx, bs), "score_reference_loss": mean_score(step, report_ds, ctx, bs, ref_scorer)}
+    identity = {"score": mean_score(step, report_ds, ctx, bs, identity=True),
+                "score_reference_loss": mean_score(step, report_ds, ctx, bs, ref_scorer, identity=True)}
+
+    task = WeakTask(model, step, train_ds, sel_ds, ctx, cfg)
+    fp = fingerprint(cfg, {"init_affine": module_fingerprint(model.regression), "init_tps": module_fingerprint(model.regression2),
+                           "backbone": bb_fp, "train": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in train_recs),
+                           "val": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in val_recs)})
+    selection = {
+        "criterion": cfg["selection"],
+        "uses_keypoints": cfg["selection"] == "pf_pascal_val_pck",
+        "description": {
+            "heldout_weak_score": "mean two-stage soft-inlier score (this run's loss) on the even rows of the held-out pair list; no keypoints",
+            "pf_pascal_val_pck": "PCK@0.1 on the PF-PASCAL validation pairs (reference code's choice; uses keypoint annotations)",
+            "last_epoch": "no selection: weights after the last epoch",
+        }[cfg["selection"]],
+    }
+    meta = {"stage": "train-weak", "variant": variant, "label": label, "profile": cfg["_profile"], "selection": selection,
+            "loss": loss_kw, "train_parts": trains, "params_fingerprint": fp}
+    fit_cfg = engine.FitConfig(
+        seed=seed, batch_size=bs, schedule=cfg["schedule"], weight_decay=float(cfg["weight_decay"]),
+        num_workers=int(cfg["num_workers"]), checkpoint_every=int(cfg["checkpoint_every"]), state_path=outs["state"],
+        fingerprint=fp, meta=meta, desc=f"train-weak {variant}", resume=resume, max_steps=max_steps, progress=progress,
+        on_step=on_step,
+    )
+    state = engine.fit(task, fit_cfg, ctx)
+
+    after = {"score": mean_score(step, report_ds, ctx, bs), "score_reference_loss": mean_score(step, report_ds, ctx, bs, ref_scorer)}
+    epochs = len(state["history"])
+    metrics = {
+        "stage": "train-weak",
+        "variant": variant,
+        "label": label,
+        "profile": cfg["_profile"],
+        "loss": loss_kw,
+        "train_parts": trains,
+        "update_bn_buffers": bool(cfg["update_bn_buffers"]),
+        "stage1_features_cached": cache_train,
+        "train_pairs": len(train_ds),
+        "epochs": epochs,
+        "steps": state["global_step"],
+        "heldout_pairs": len(report_ds),
+        "heldout_score_before": before["score"],
+        "heldout_score_after": after["score"],
+        "heldout_score_gain": after["score"] - before["score"],
+        "heldout_score_identity": identity["score"],
+        "heldout_score_reference_loss_before": before["score_reference_loss"],
+        "heldout_score_reference_loss_after": after["score_reference_loss"],
+        "selection": {**selection, "best_epoch": state["best"]["epoch"], "best_value": state["best"]["value"], "selection_pairs": len(sel_ds)},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "training_seconds": round(state["elapsed"], 1),
+        "params_fingerprint": fp,
+    }
+    if ctx.main:
+        save_checkpoint(outs["checkpoint"], model, meta={**meta, "metrics": metrics})
+        write_json(outs["metrics"], metrics)
+        engine.write_curves(state, task.selection_name, outs.get("plot"), outs.get("steps_plot"))
+        from .strong import _rel
+
+        print(f"train-weak {variant} ({label}): {epochs} epochs, {len(train_ds):,} pairs, held-out soft-inlier score "
+              f"{before['score']:.4g} -> {after['score']:.4g} (identity {identity['score']:.4g}), selection {cfg['selection']}, "
+              f"{engine.format_duration(metrics['seconds'])} -> {_rel(outs['checkpoint'])}", flush=True)
+    ctx.barrier()
+    return metrics
+
