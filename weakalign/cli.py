@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "weakalign.info",
     "weakalign.data.commands",
     "weakalign.evaluation.commands",
+    "weakalign.align",
+    "weakalign.notebooks",
 )
 
 

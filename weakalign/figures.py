@@ -1,0 +1,136 @@
+"""Pictures: aligned pairs, keypoint transfer and the matches the inlier mask keeps.
+
+Used by ``notebooks/03_qualitative.ipynb`` and by ``weakalign align``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .data.images import to_tensor  # noqa: E402
+from .geometry import sampling_grid, warp_image  # noqa: E402
+from .losses.inlier import SoftInlierCount  # noqa: E402
+
+
+@torch.inference_mode()
+def align(model, source: np.ndarray, target: np.ndarray) -> dict:
+    """Run a two-stage (or one-stage) model on uint8 RGB arrays of any size.
+
+    Returns the parameters, the source warped into the target frame at the target's full
+    resolution, and the stage-1 correlation."""
+    size = tuple(model.config.image_size)
+    s240, t240 = to_tensor(source, size)[None], to_tensor(target, size)[None]
+    kind = model.geometric_model
+    if kind == "affine_tps":
+        out = model(s240, t240)
+        ta, tt, corr = out.theta_aff, out.theta_aff_tps, out.corr_aff
+    else:
+        theta, corr = model(s240, t240, return_correlation=True)
+        ta, tt = (theta, None) if kind == "affine" else (None, theta)
+    h, w = target.shape[:2]
+    full = to_tensor(source)[None]
+    aligned = {}
+    for k in (("affine", "affine_tps") if kind == "affine_tps" else (kind,)):
+        grid = sampling_grid(k, h, w, ta, tt)
+        aligned[k] = (warp_image(full, grid)[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    return {"theta_aff": ta, "theta_tps": tt, "corr": corr, "aligned": aligned, "kind": kind}
+
+
+def match_inliers(result: dict, tolerance: int = 1) -> dict:
+    """Best source cell for every target cell (stage-1 correlation) and whether the warped inlier
+    mask of the estimated transformation keeps it. Cell centres in normalised image coordinates."""
+    corr = result["corr"]
+    _, n, h, w = corr.shape
+    count = SoftInlierCount(h, w, tolerance=tolerance, normalize=False)
+    kind = "affine_tps" if result["kind"] == "affine_tps" else result["kind"]
+    mask = count.warped_mask(kind, result["theta_aff"], result["theta_tps"])[0]
+    best = corr[0].argmax(0)  # h x w: source channel k = x*h + y
+    keep = mask.gather(0, best[None])[0] > 0.5
+    o = count.offset_factor
+    axis_x = torch.linspace(-1, 1, w) / o
+    axis_y = torch.linspace(-1, 1, h) / o
+    ty, tx = torch.meshgrid(axis_y, axis_x, indexing="ij")
+    sx, sy = axis_x[best // h], axis_y[best % h]
+    return {"target": torch.stack((tx, ty), -1).reshape(-1, 2), "source": torch.stack((sx, sy), -1).reshape(-1, 2),
+            "keep": keep.reshape(-1), "score": corr[0].amax(0).reshape(-1)}
+
+
+def _to_px(p: torch.Tensor, shape) -> np.ndarray:
+    h, w = shape[:2]
+    return np.stack(((p[:, 0].numpy() + 1) * (w - 1) / 2, (p[:, 1].numpy() + 1) * (h - 1) / 2), 1)
+
+
+def figure(source: np.ndarray, target: np.ndarray, result: dict, source_points=None, transferred=None, title: str = "") -> plt.Figure:
+    """Source | target | aligned source | keypoint transfer | matches kept (green) vs discarded (red)."""
+    kind = "affine_tps" if "affine_tps" in result["aligned"] else next(iter(result["aligned"]))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8))
+    for ax, img, t in zip(axes[:3], (source, target, result["aligned"][kind]), ("source", "target", f"aligned source ({kind.replace('_', '+')})")):
+        ax.imshow(img)
+        ax.set_title(t)
+    ax = axes[3]
+    ax.imshow(source)
+    ax.set_title("keypoint transfer (o: annotation, x: transferred)")
+    if source_points is not None and transferred is not None:
+        sp, tp = np.asarray(source_points) - 1, np.asarray(transferred) - 1  # 1-based -> 0-based for plotting
+        for i in range(sp.shape[1]):
+            if sp[0, i] < 0:
+                continue
+            c = plt.cm.tab10(i % 10)
+            ax.plot(sp[0, i], sp[1, i], "o", mfc="none", mec=c, ms=9, mew=2)
+            ax.plot(tp[0, i], tp[1, i], "x", color=c, ms=9, mew=2)
+            ax.plot([sp[0, i], tp[0, i]], [sp[1, i], tp[1, i]], "-", color=c, lw=1)
+    ax = axes[4]
+    m = match_inliers(result)
+    hs, ws = source.shape[:2]
+    ht, wt = target.shape[:2]
+    scale = hs / ht
+    tgt_small = np.asarray(matplotlib.image.pil_to_array(__import__("PIL.Image", fromlist=["Image"]).fromarray(target).resize((max(1, int(wt * scale)), hs))))
+    canvas = np.concatenate((source, tgt_small), 1)
+    ax.imshow(canvas)
+    sp = _to_px(m["source"], source.shape)
+    tp = _to_px(m["target"], tgt_small.shape)
+    tp[:, 0] += ws
+    order = torch.argsort(m["score"], descending=True)[:60].numpy()
+    for i in order:
+        c = "lime" if bool(m["keep"][i]) else "red"
+        ax.plot([sp[i, 0], tp[i, 0]], [sp[i, 1], tp[i, 1]], "-", color=c, lw=1, alpha=0.8)
+    ax.set_title(f"60 strongest matches: kept {int(m['keep'][order].sum())} / discarded {int((~m['keep'][order]).sum())}")
+    for a in axes:
+        a.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pair_figure(checkpoint: str, benchmark: str, index: int, root: str = "data") -> plt.Figure:
+    from .data.images import load_image
+    from .data.registry import get_dataset
+    from .evaluation.transfer import transfer_keypoints
+    from .models import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    ds = get_dataset(benchmark, root=root)
+    r = ds.records[index]
+    src = load_image(ds.image_root / r.source, exif_transpose=False)
+    tgt = load_image(ds.image_root / r.target, exif_transpose=False)
+    res = align(model, src, tgt)
+    tpts = torch.as_tensor(r.target_points, dtype=torch.float32)[None]
+    kind = res["kind"]
+    tr = transfer_keypoints(kind, tpts, tgt.shape[:2], src.shape[:2], res["theta_aff"], res["theta_tps"])[0].numpy()
+    return figure(src, tgt, res, r.source_points, tr, title=f"{benchmark} pair {index}: {r.source} -> {r.target}")
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    from .reports import save_figure
+
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
