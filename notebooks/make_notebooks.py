@@ -63,12 +63,12 @@ NOTEBOOKS = {
     "03_qualitative.ipynb": notebook(
         "# Qualitative results\n\nSource, target, aligned source and keypoint transfer for a few PF-WILLOW pairs, "
         "and the matches that the inlier mask keeps vs discards.",
-        'checkpoint = "models/weak_affine_tps.pt"\nbenchmark = "pf-willow"\npairs = [0, 100, 250, 400]\nout_dir = "reports/figures"',
+        'checkpoint = "models/weak_affine_tps.pt"\nbenchmark = "pf-willow"\ndata_root = "data"\npairs_csv = None\npairs = [0, 100, 250, 400]\nout_dir = "reports/figures"',
         [
             "from pathlib import Path\nfrom weakalign import figures",
             "if Path(checkpoint).is_file():\n"
             "    for i in pairs:\n"
-            "        fig = figures.pair_figure(checkpoint, benchmark, i)\n"
+            "        fig = figures.pair_figure(checkpoint, benchmark, i, root=data_root, csv=pairs_csv)\n"
             "        figures.save(fig, f'{out_dir}/qualitative_{benchmark}_{i}.png')\n"
             "else:\n"
             "    print(f'{checkpoint} not found: run the training stages first')",

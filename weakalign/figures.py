@@ -110,14 +110,14 @@ def figure(source: np.ndarray, target: np.ndarray, result: dict, source_points=N
     return fig
 
 
-def pair_figure(checkpoint: str, benchmark: str, index: int, root: str = "data") -> plt.Figure:
+def pair_figure(checkpoint: str, benchmark: str, index: int, root: str = "data", csv: str | None = None) -> plt.Figure:
     from .data.images import load_image
     from .data.registry import get_dataset
     from .evaluation.transfer import transfer_keypoints
     from .models import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
-    ds = get_dataset(benchmark, root=root)
+    ds = get_dataset(benchmark, root=root, **({"csv": csv} if csv else {}))
     r = ds.records[index]
     src = load_image(ds.image_root / r.source, exif_transpose=False)
     tgt = load_image(ds.image_root / r.target, exif_transpose=False)

@@ -169,24 +169,12 @@ def protocols_for(bench: str):
             "per_keypoint": PCKProtocol("image_224", (0.1,), "per_keypoint")}
 
 
-def _metrics(args) -> int:
-    import torch
-
-    from ..data.atomic import write_csv, write_json, write_text
-    from ..data.paths import project_root
+def compute_metrics(status: dict, load_predictions, alphas_curve) -> tuple[dict, str, dict]:
+    """Metrics JSON, markdown tables and PCK-curve rows from a prediction ``status`` dict
+    (as written by ``predict``); ``load_predictions(relpath)`` returns one cache."""
     from .metrics import finite_or_none, pck_curve, pck_table
 
-    t0 = time.time()
-    root = project_root()
-    cfg = load_block(args.params)
-    pred_dir = root / cfg["predictions_dir"]
-    status_path = pred_dir / "status.json"
-    if not status_path.is_file():
-        from weakalign.cli import UserError
-
-        raise UserError(f"{status_path} not found: run `weakalign evaluate predict` first")
-    status = json.loads(status_path.read_text())
-    metrics, tables = {}, []
+    metrics, tables, curves = {}, [], {}
     for bench, st in status.items():
         if not st.get("available"):
             metrics[bench] = {"available": False, "reason": st.get("reason", "")}
@@ -199,7 +187,7 @@ def _metrics(args) -> int:
             if not mst.get("available"):
                 metrics[bench]["models"][name] = {"available": False, "reason": mst.get("reason", "")}
                 continue
-            pred = torch.load(root / mst["predictions"], weights_only=True)
+            pred = load_predictions(mst["predictions"])
             entry = {}
             for kind in pred["kinds"]:
                 res = {}
@@ -213,10 +201,10 @@ def _metrics(args) -> int:
                 d = res["default"]
                 rows.append((name, kind, d.get("0.05"), d.get("0.1"), d.get("0.15"), res.get("per_keypoint", {}).get("0.1"), (res.get("image") or res.get("bbox") or {}).get("0.1")))
                 ref = protos["default"]
-                for a, v in pck_curve(pred, kind, ref.reference, ref.averaging, cfg["alphas_curve"]):
+                for a, v in pck_curve(pred, kind, ref.reference, ref.averaging, alphas_curve):
                     curve_rows.append((f"{name} ({kind})", a, v))
             metrics[bench]["models"][name] = entry
-        write_csv(root / cfg["plots_dir"] / f"pck_curve_{bench}.csv", ["model", "alpha", "pck"], curve_rows)
+        curves[bench] = curve_rows
         d = protos["default"]
         alt = "image" if bench == "pf-willow" else "bbox"
         lines = [f"### {bench} ({st['pairs']} pairs)", "", f"Default protocol: {d.describe()}.", "",
@@ -226,8 +214,34 @@ def _metrics(args) -> int:
         for r in rows:
             lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(fmt(v) for v in r[2:]) + " |")
         tables.append("\n".join(lines) + "\n")
-    write_json(root / cfg["metrics"], metrics)
-    write_text(root / cfg["tables_dir"] / "pck.md", "\n".join(tables))
+    return metrics, "\n".join(tables), curves
+
+
+def write_metrics(metrics: dict, tables: str, curves: dict, metrics_path: Path, plots_dir: Path, tables_dir: Path) -> None:
+    from ..data.atomic import write_csv, write_json, write_text
+
+    for bench, rows in curves.items():
+        write_csv(plots_dir / f"pck_curve_{bench}.csv", ["model", "alpha", "pck"], rows)
+    write_json(metrics_path, metrics)
+    write_text(tables_dir / "pck.md", tables)
+
+
+def _metrics(args) -> int:
+    import torch
+
+    from ..data.paths import project_root
+
+    t0 = time.time()
+    root = project_root()
+    cfg = load_block(args.params)
+    status_path = root / cfg["predictions_dir"] / "status.json"
+    if not status_path.is_file():
+        from weakalign.cli import UserError
+
+        raise UserError(f"{status_path} not found: run `weakalign evaluate predict` first")
+    status = json.loads(status_path.read_text())
+    metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"])
+    write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
     print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
           f"{time.time() - t0:.1f}s -> {cfg['metrics']}")
     return 0

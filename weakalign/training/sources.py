@@ -154,17 +154,18 @@ def cached(ctx, path: Path, key: dict, compute: Callable[[], dict]) -> dict:
                 return obj
         return None
 
-    obj = try_load()
-    if obj is None:
-        if ctx.main:
-            obj = compute()
-            obj["key"] = json.loads(json.dumps(key, default=str))
-            _atomic_save(obj, path)
-        ctx.barrier()
-        if not ctx.main:
-            obj = try_load()
-            if obj is None:
-                raise RuntimeError(f"rank {ctx.rank}: feature cache {path} missing after rank 0 wrote it (shared filesystem needed)")
+    # rank 0 decides and writes; every rank passes the same barrier (unconditionally, so the
+    # ranks' barriers always pair up), then the others read
+    obj = try_load() if ctx.main else None
+    if ctx.main and obj is None:
+        obj = compute()
+        obj["key"] = json.loads(json.dumps(key, default=str))
+        _atomic_save(obj, path)
+    ctx.barrier()
+    if not ctx.main:
+        obj = try_load()
+        if obj is None:
+            raise RuntimeError(f"rank {ctx.rank}: feature cache {path} missing after rank 0 wrote it (shared filesystem needed)")
     return obj
 
 
