@@ -263,7 +263,11 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str):
         cfg = strong_cfg(Path(data), Path(out), schedule=[{"epochs": 2, "lr": 1e-3}])
         # fit() checks at the end that every rank holds the same weights (raises otherwise)
         m = train_strong(cfg, "affine", progress=False, backbone_factory=TinyBackbone, ctx=ctx)
-        torch.save({"metrics": m}, Path(out) / f"rank{rank}.pt")
+        train_strong(strong_cfg(Path(data), Path(out), schedule=[{"epochs": 1, "lr": 1e-3}]), "tps", progress=False,
+                     backbone_factory=TinyBackbone, ctx=ctx)
+        w = train_weak(weak_cfg(Path(data), Path(out), Path(out), schedule=[{"epochs": 1, "lr": 1e-3}]), progress=False,
+                       backbone_factory=TinyBackbone, ctx=ctx)
+        torch.save({"metrics": m, "weak": w}, Path(out) / f"rank{rank}.pt")
     finally:
         ctx.close()
 
@@ -281,3 +285,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert (tmp_path / "strong_affine.pt").is_file() and (tmp_path / "strong_affine.json").is_file()
     state = safe_load(tmp_path / "state" / "strong_affine.pt")["training_state"]
     assert state["world_size"] == 2 and state["finished"]
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)["weak"]
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)["weak"]
+    assert w0["heldout_score_after"] == w1["heldout_score_after"] and w0["steps"] == 2
+    assert (tmp_path / "weak.pt").is_file()

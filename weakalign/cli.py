@@ -13,9 +13,11 @@ import sys
 COMMAND_MODULES = (
     "weakalign.info",
     "weakalign.data.commands",
+    "weakalign.training.commands",
     "weakalign.evaluation.commands",
     "weakalign.align",
     "weakalign.notebooks",
+    "weakalign.reports",
 )
 
 

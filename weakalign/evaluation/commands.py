@@ -90,8 +90,15 @@ def _short_reason(exc) -> str:
     missing = getattr(exc, "missing", None)
     how = getattr(exc, "how", "")
     if missing:
+        from ..data.paths import project_root
+
+        first = Path(missing[0])
+        try:
+            first = first.relative_to(project_root())
+        except ValueError:
+            pass
         first_step = how.split(";")[0].strip()
-        return f"{len(missing)} file(s) missing, e.g. {missing[0]}. To get it: {first_step}"
+        return f"{len(missing)} file(s) missing, e.g. {first}. To get it: {first_step}"
     return str(exc)
 
 
@@ -120,7 +127,7 @@ def _predict(args) -> int:
                 get_dataset(bench, root=root / "data")
             except DatasetNotAvailable as exc:
                 status[bench]["reason"] = _short_reason(exc)
-            print(f"{bench}: not available ({status[bench]['reason'][:120]})")
+            print(f"{bench}: not available ({status[bench]['reason']})")
             continue
         try:
             ds = get_dataset(bench, root=root / "data")

@@ -305,11 +305,19 @@ def _load_resume(cfg: FitConfig, ctx: DistContext):
     return ckpt
 
 
+def progress_bar(iterable=None, **kw):
+    """tqdm with rate and time left; on a terminal it refreshes twice a second, in a log
+    (``dvc repro``, CI) every 30 s so the log stays readable."""
+    from tqdm.auto import tqdm
+
+    kw.setdefault("dynamic_ncols", True)
+    kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)
+    return tqdm(iterable, **kw)
+
+
 def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
     """Train ``task`` under ``cfg``; returns the final training state. After the call the model
     holds the **selected** (best) weights. Raises :class:`Paused` when ``max_steps`` is hit."""
-    from tqdm.auto import tqdm
-
     from ..models.checkpoints import safe_load, save_checkpoint
 
     model = task.model
@@ -373,10 +381,8 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
             save_checkpoint(cfg.state_path, model, meta=cfg.meta, training_state=state, rng=rng_state(), **extra)
 
     total_steps = total_epochs * steps_per_epoch
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=total_steps, initial=min(state["global_step"], total_steps), desc=cfg.desc, unit="step",
-               disable=not (cfg.progress and ctx.main), dynamic_ncols=True, mininterval=0.5 if tty else 30.0,
-               smoothing=0.05)
+    bar = progress_bar(total=total_steps, initial=min(state["global_step"], total_steps), desc=cfg.desc, unit="step",
+                       disable=not (cfg.progress and ctx.main), smoothing=0.05)
     t_start = time.perf_counter()
     elapsed0 = state["elapsed"]
     loader_gen = torch.Generator()

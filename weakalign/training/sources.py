@@ -175,13 +175,14 @@ def extract_features(model, dataset, fields: tuple[str, ...], batch_size: int, n
     ``fields``; other tensor fields of the items (e.g. ``theta``) are stacked alongside.
     Uses ``no_grad`` (not ``inference_mode``): the features later enter autograd graphs."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from .engine import progress_bar
 
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     out: dict[str, list] = {}
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         for k, v in batch.items():
             if k in fields:
                 out.setdefault(k, []).append(model.extract(v.to(device)).cpu())
