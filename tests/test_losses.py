@@ -134,3 +134,10 @@ def test_bad_arguments():
         SoftInlierCount(H, W)(torch.zeros(1, 10, 15, 15), "affine", theta_aff=affine_identity(1))
     with pytest.raises(ValueError):
         TransformedGridLoss("homography")
+
+
+def test_losses_move_between_devices_and_dtypes():
+    loss = TransformedGridLoss("tps").to(torch.float64)  # nn.Module._apply must not be shadowed
+    t = tps_identity(2, dtype=torch.float64)
+    assert loss(t + 0.05, t).dtype == torch.float64
+    SoftInlierCount(H, W).to(torch.float64)

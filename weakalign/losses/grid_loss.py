@@ -23,12 +23,12 @@ class TransformedGridLoss(nn.Module):
         self.tps_grid_size = tps_grid_size
         self.register_buffer("points", grid_to_points(normalized_grid(grid_size, grid_size)), persistent=False)
 
-    def _apply(self, theta: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def _transform(self, theta: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if self.geometric_model == "affine":
             return transform_points("affine", p, theta_aff=theta)
         return transform_points("tps", p, theta_tps=theta, grid_size=self.tps_grid_size)
 
     def forward(self, theta: torch.Tensor, theta_gt: torch.Tensor) -> torch.Tensor:
         p = self.points.to(theta.dtype).expand(theta.shape[0], -1, -1)
-        diff = self._apply(theta, p) - self._apply(theta_gt.to(theta.dtype), p)
+        diff = self._transform(theta, p) - self._transform(theta_gt.to(theta.dtype), p)
         return (diff * diff).sum(1).mean()

@@ -122,7 +122,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        # what torch.use_deterministic_algorithms does, minus importing torch._inductor only to
+        # set its (torch.compile) flag: that import costs ~3 s per process, a lot for smoke runs
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode also fills every new tensor with NaN by default (to expose reads of
+    # uninitialised memory), which costs up to 6x in the TPS code; nothing here reads such memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
 
 
@@ -250,6 +258,9 @@ def _fresh_state(cfg: FitConfig, ctx: DistContext) -> dict:
         "fingerprint": cfg.fingerprint,
         "world_size": ctx.world_size,
         "batch_size": cfg.batch_size,
+        # data order: epoch e visits the permutation of DistributedSampler(seed, epoch e); a
+        # resumed run skips the first step_in_epoch * batch_size samples of this epoch
+        "sampler": {"kind": "DistributedSampler", "seed": cfg.seed, "shuffle": True, "drop_last": False},
         "epoch": 0,
         "step_in_epoch": 0,
         "global_step": 0,

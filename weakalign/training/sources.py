@@ -64,7 +64,8 @@ def image_list(spec, data_root: str, what: str) -> list[str]:
     if isinstance(spec, dict) and "csv" in spec:
         csv = _abs(spec["csv"])
         if not csv.is_file():
-            raise _user_error(f"{what}: image list {csv} not found; {SPLITS_HINT}")
+            fetch = " (Pascal VOC 2011: `weakalign data fetch pascal-voc-2011` first)" if "voc" in csv.name.lower() else ""
+            raise _user_error(f"{what}: image list {csv} not found; {SPLITS_HINT}{fetch}")
         root = _abs(spec.get("image_root") or csv.parent)
         return [str(root / p) for p in read_image_list(csv)]
     raise _user_error(f"{what}: expected a split name or {{csv: path, image_root: folder}}, got {spec!r}")

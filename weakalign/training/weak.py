@@ -211,31 +211,41 @@ class WeakStep(nn.Module):
 
 
 @torch.no_grad()
-def mean_score(step: WeakStep, dataset, ctx, batch_size: int, scorer=None, identity: bool = False) -> float:
-    """Mean per-pair two-stage soft-inlier score over ``dataset`` (sharded, all-reduced).
-    ``identity=True`` scores the identity transformation on the stage-1 correlation."""
+def mean_scores(step: WeakStep, dataset, ctx, batch_size: int, scorers=None, identity: bool = False) -> list[float]:
+    """Mean per-pair two-stage soft-inlier score over ``dataset`` for each of ``scorers``
+    (default: the training loss's), from one forward pass per batch (sharded over ranks,
+    all-reduced). ``identity=True`` scores the identity transformation on the stage-1
+    correlation instead of the model's estimates."""
     from torch.utils.data import DataLoader, Subset
 
     from ..geometry import affine_identity, tps_identity
 
-    step.model.eval()
+    scorers = scorers or [step.scorer]
+    m = step.model
+    m.eval()
     idx = engine.shard(len(dataset), ctx)
-    total, count = 0.0, 0
+    totals, count = [0.0] * len(scorers), 0
     if len(idx):
         for batch in DataLoader(Subset(dataset, list(idx)), batch_size=batch_size, shuffle=False):
+            src = batch["source_image"].to(step.device)
+            fs = batch["f_src"].to(step.device) if "f_src" in batch else m.extract(src)
+            ft = batch["f_tgt"].to(step.device) if "f_tgt" in batch else m.extract(batch["target_image"].to(step.device))
             if identity:
-                m = step.model
-                fs = batch["f_src"].to(step.device) if "f_src" in batch else m.extract(batch["source_image"].to(step.device))
-                ft = batch["f_tgt"].to(step.device) if "f_tgt" in batch else m.extract(batch["target_image"].to(step.device))
                 corr = m.correlation(fs, ft)
                 n = corr.shape[0]
-                s = (scorer or step.scorer)(affine_identity(n, device=corr.device), tps_identity(n, device=corr.device), corr)
+                th_aff, th_tps = affine_identity(n, device=corr.device), tps_identity(n, device=corr.device)
             else:
-                s = step.scores(batch, scorer)
-            total += float(s.double().sum())
-            count += int(s.shape[0])
-    tot, cnt = ctx.all_reduce_sum([total, float(count)])
-    return tot / max(cnt, 1.0)
+                out = m(src, None, f_src=fs, f_tgt=ft)
+                corr, th_aff, th_tps = out.corr_aff, out.theta_aff, out.theta_aff_tps
+            for i, sc in enumerate(scorers):
+                totals[i] += float(sc(th_aff, th_tps, corr).double().sum())
+            count += int(corr.shape[0])
+    reduced = ctx.all_reduce_sum(totals + [float(count)])
+    return [t / max(reduced[-1], 1.0) for t in reduced[:-1]]
+
+
+def mean_score(step: WeakStep, dataset, ctx, batch_size: int, scorer=None, identity: bool = False) -> float:
+    return mean_scores(step, dataset, ctx, batch_size, [scorer or step.scorer], identity)[0]
 
 
 def pf_pascal_val_pck(model, ctx, batch_size: int) -> float:
@@ -350,9 +360,9 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     ref_scorer = TwoStageInlierScore(h, w, **REFERENCE_LOSS).to(ctx.device)
     step = WeakStep(model, scorer, ctx.device)
     bs = int(cfg["batch_size"])
-    before = {"score": mean_score(step, report_ds, ctx, bs), "score_reference_loss": mean_score(step, report_ds, ctx, bs, ref_scorer)}
-    identity = {"score": mean_score(step, report_ds, ctx, bs, identity=True),
-                "score_reference_loss": mean_score(step, report_ds, ctx, bs, ref_scorer, identity=True)}
+    pair_of_scorers = [scorer, ref_scorer]
+    before = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers)))
+    identity = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers, identity=True)))
 
     task = WeakTask(model, step, train_ds, sel_ds, ctx, cfg)
     fp = fingerprint(cfg, {"init_affine": module_fingerprint(model.regression), "init_tps": module_fingerprint(model.regression2),
@@ -377,7 +387,7 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     )
     state = engine.fit(task, fit_cfg, ctx)
 
-    after = {"score": mean_score(step, report_ds, ctx, bs), "score_reference_loss": mean_score(step, report_ds, ctx, bs, ref_scorer)}
+    after = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers)))
     epochs = len(state["history"])
     metrics = {
         "stage": "train-weak",
