@@ -105,6 +105,20 @@ def test_tps_gradcheck(rng):
     assert torch.isfinite(on_ctrl.grad).all()
 
 
+def test_tps_after_inference_mode_still_differentiable(rng):
+    """The cached L^-1 must not become an inference tensor when first built during evaluation."""
+    from weakalign.geometry import tps as tps_module
+
+    tps_module._l_inverse_cpu64.cache_clear()
+    theta = random_tps(2, rng, dtype=torch.float64)
+    pts = torch.rand(2, 2, 5, generator=rng, dtype=torch.float64) * 2 - 1
+    with torch.inference_mode():
+        tps_points(theta, pts)
+    theta = theta.clone().requires_grad_()
+    tps_points(theta, pts).sum().backward()
+    assert torch.isfinite(theta.grad).all()
+
+
 def test_composition_is_tps_then_affine(rng):
     ta, tt = random_affine(2, rng), random_tps(2, rng)
     p = torch.rand(2, 2, 30, generator=rng) * 2 - 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from tiny_backbone import TinyBackbone
 
 from weakalign.cli import UserError
 from weakalign.models.checkpoints import safe_load

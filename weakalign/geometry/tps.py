@@ -44,6 +44,13 @@ def _kernel(d2: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=32)
 def _l_inverse_cpu64(grid_size: int, reg_factor: float) -> torch.Tensor:
+    # Cached across calls, so it must never be an inference tensor: a first call made under
+    # ``torch.inference_mode`` (evaluation) would otherwise poison later autograd (training).
+    with torch.inference_mode(False):
+        return _solve_l_inverse(grid_size, reg_factor)
+
+
+def _solve_l_inverse(grid_size: int, reg_factor: float) -> torch.Tensor:
     p = tps_control_points(grid_size, dtype=torch.float64)
     n = p.shape[1]
     d2 = ((p[:, :, None] - p[:, None, :]) ** 2).sum(0)
