@@ -41,6 +41,18 @@ def pck_frame(metrics_path: str | Path, benchmark: str, protocol: str = "default
     return pd.DataFrame(rows)
 
 
+def dense_frame(bench_metrics: dict) -> pd.DataFrame:
+    """Caltech-101 / TSS rows (one per model and transform) of a dense benchmark's metrics."""
+    rows = []
+    for model, kinds in bench_metrics.get("models", {}).items():
+        if kinds.get("available") is False:
+            continue
+        for kind, res in kinds.items():
+            rows.append({"source": "this repo", "model": model, "transform": KIND_LABEL.get(kind, kind),
+                         **{m: res.get(m) for m in bench_metrics["measures"]}})
+    return pd.DataFrame(rows)
+
+
 def paper_frame(benchmark: str) -> pd.DataFrame:
     rows = []
     for r in paper_results():
@@ -108,8 +120,15 @@ def readme_results(root: Path) -> str:
         if not b.get("available"):
             lines += [f"**{bench}**: not available here ({b.get('reason', '')[:160]}).", ""]
             continue
+        if b.get("kind") == "dense":
+            lines += [f"**{bench}** ({b['pairs']} pairs; protocol in `reports/metrics/pck.json`). Reproduce: `dvc repro evaluate_metrics`.", ""]
+            lines += [to_markdown(dense_frame(b))]
+            continue
         desc = b["protocols"]["default"]["description"]
-        lines += [f"**{bench}** ({b['pairs']} pairs; {desc}). Reproduce: `dvc repro evaluate_metrics`.", ""]
+        rest = "; ".join(desc.split("; ")[1:]) or desc
+        lines += [f"**{bench}** ({b['pairs']} pairs). Column PCK = PCK@0.1 with {rest} "
+                  "(paper rows: as published, protocol as stated by their source). "
+                  "Reproduce: `dvc repro evaluate_metrics`; all protocols in `reports/tables/pck.md`.", ""]
         df = comparison_table(metrics, bench)[["source", "model", "transform", "PCK"]]
         lines += [to_markdown(df)]
     for name in sorted((root / "reports" / "metrics").glob("train_*.json")):

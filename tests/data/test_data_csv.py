@@ -99,6 +99,11 @@ def test_caltech_and_tss(tmp_path):
     assert r.source_points.shape == (2, 3) and r.target_points.shape == (2, 2)
     with pytest.raises(CsvFormatError, match="polygon X/Y length mismatch"):
         read_caltech_pairs(_w(tmp_path, HDR + "a,b,2,1;2,4,7,9\n", "c2.csv"), expected_rows=None)
+    # the reference's own format: quoted, comma-separated cells (np.fromstring(sep=','))
+    c3 = _w(tmp_path, HDR + 'x/a.jpg,x/b.jpg,2,"1.5,2,3","4,5,6","7,8","9,10"\n', "c3.csv")
+    r = read_caltech_pairs(c3, expected_rows=1)[0]
+    np.testing.assert_array_equal(r.source_points, [[1.5, 2, 3], [4, 5, 6]])
+    assert r.target_points.shape == (2, 2)
     t = _w(tmp_path, "a,b,c,d,e\nFG3DCar/x/image1.png,FG3DCar/x/image2.png,2,1,1\n", "t.csv")
     r = read_tss_pairs(t)[0]
     assert r.extra["flow_path"] == "FG3DCar/x/flow2.flo" and r.flip == 1

@@ -126,9 +126,9 @@ def _int(path, line, col, value, allowed=None) -> int:
     return int(v)
 
 
-def _num_list(path, line, col, value) -> np.ndarray:
+def _num_list(path, line, col, value, sep: str = ";") -> np.ndarray:
     _text(path, line, col, value)
-    parts = [p for p in value.split(";")]
+    parts = [p for p in value.split(sep)]
     if parts and parts[-1].strip() == "":
         parts = parts[:-1]  # tolerate a trailing ';'
     if not parts:
@@ -201,7 +201,8 @@ def read_caltech_pairs(path, expected_rows: int | None = 1515) -> list[PairRecor
     out = []
     for line, r in body:
         cls = _int(path, line, header[2], r[2])
-        xa, ya, xb, yb = (_num_list(path, line, header[j], r[j]) for j in (3, 4, 5, 6))
+        # the reference parses these cells with np.fromstring(sep=','); accept ';' as well
+        xa, ya, xb, yb = (_num_list(path, line, header[j], r[j], "," if "," in r[j] else ";") for j in (3, 4, 5, 6))
         if len(xa) != len(ya) or len(xb) != len(yb):
             raise CsvFormatError(
                 path, line, f"polygon X/Y length mismatch (source {len(xa)}/{len(ya)}, "

@@ -41,6 +41,9 @@ DEFAULTS = {
     "alphas_curve": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
 }
 KEYPOINT_BENCHMARKS = ("pf-willow", "pf-pascal")
+#: Scored from the cached transforms with :mod:`weakalign.evaluation.dense` (dataset annotations
+#: are read again at metrics time; the models are not rerun).
+DENSE_BENCHMARKS = ("caltech-101", "tss")
 
 
 def load_block(params_path: str | Path | None) -> dict:
@@ -121,14 +124,10 @@ def _predict(args) -> int:
     status = {}
     n_done = 0
     for bench in cfg["benchmarks"]:
-        if bench not in KEYPOINT_BENCHMARKS:
-            status[bench] = {"available": False, "reason": "evaluation of this benchmark is not implemented yet"}
-            try:
-                get_dataset(bench, root=root / "data")
-            except DatasetNotAvailable as exc:
-                status[bench]["reason"] = _short_reason(exc)
-            print(f"{bench}: not available ({status[bench]['reason']})")
-            continue
+        if bench not in KEYPOINT_BENCHMARKS + DENSE_BENCHMARKS:
+            from weakalign.cli import UserError
+
+            raise UserError(f"evaluate.benchmarks: unknown benchmark {bench!r} (known: {', '.join(KEYPOINT_BENCHMARKS + DENSE_BENCHMARKS)})")
         try:
             ds = get_dataset(bench, root=root / "data")
         except DatasetNotAvailable as exc:
@@ -176,9 +175,47 @@ def protocols_for(bench: str):
             "per_keypoint": PCKProtocol("image_224", (0.1,), "per_keypoint")}
 
 
-def compute_metrics(status: dict, load_predictions, alphas_curve) -> tuple[dict, str, dict]:
+DENSE_MEASURES = {"caltech-101": ("LT-ACC", "IoU", "LOC-ERR"), "tss": ("FG3D", "JODS", "PASC", "average")}
+
+
+def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict, str]:
+    """Caltech-101 (LT-ACC, IoU, LOC-ERR) or TSS (flow PCK per subset) from cached transforms."""
+    from .dense import CALTECH_PROTOCOL, TSS_PROTOCOL, caltech_metrics, tss_metrics
+
+    protocol = CALTECH_PROTOCOL if bench == "caltech-101" else TSS_PROTOCOL
+    measures = DENSE_MEASURES[bench]
+    out = {"available": True, "pairs": st["pairs"], "kind": "dense", "protocol": protocol, "measures": list(measures), "models": {}}
+    rows = []
+    for name, mst in st["models"].items():
+        if not mst.get("available"):
+            out["models"][name] = {"available": False, "reason": mst.get("reason", "")}
+            continue
+        pred = load_predictions(mst["predictions"])
+        res = (caltech_metrics if bench == "caltech-101" else tss_metrics)(pred, dataset)
+        entry = {}
+        for kind, r in res["kinds"].items():
+            if bench == "caltech-101":
+                vals = {m: r[m] for m in measures}
+                entry[kind] = {**vals, "valid_pairs": r["valid_pairs"], "per_category": r["per_category"]}
+            else:
+                vals = {s_: r["per_subset"].get(s_, {}).get("pck") for s_ in measures[:-1]}
+                vals["average"] = r["average"]
+                entry[kind] = {**vals, "mean_over_pairs": r["mean_over_pairs"], "mean_without_flip": r["mean_without_flip"],
+                               "valid_pairs": r["valid_pairs"]}
+            rows.append((name, kind, *[vals[m] for m in measures]))
+        out["models"][name] = entry
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"### {bench} ({st['pairs']} pairs)", "", f"Protocol: {protocol}", "",
+             "| model | transform | " + " | ".join(measures) + " |", "|---|---|" + "---|" * len(measures)]
+    lines += [f"| {r[0]} | {r[1]} | " + " | ".join(fmt(v) for v in r[2:]) + " |" for r in rows]
+    return out, "\n".join(lines) + "\n"
+
+
+def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=None) -> tuple[dict, str, dict]:
     """Metrics JSON, markdown tables and PCK-curve rows from a prediction ``status`` dict
-    (as written by ``predict``); ``load_predictions(relpath)`` returns one cache."""
+    (as written by ``predict``); ``load_predictions(relpath)`` returns one cache and
+    ``load_dataset(name)`` a dataset (only needed for the dense benchmarks, whose ground truth
+    is masks / flow fields rather than points stored in the cache)."""
     from .metrics import finite_or_none, pck_curve, pck_table
 
     metrics, tables, curves = {}, [], {}
@@ -186,6 +223,12 @@ def compute_metrics(status: dict, load_predictions, alphas_curve) -> tuple[dict,
         if not st.get("available"):
             metrics[bench] = {"available": False, "reason": st.get("reason", "")}
             tables.append(f"### {bench}\n\nnot available: {st.get('reason', '')}\n")
+            continue
+        if bench in DENSE_BENCHMARKS:
+            if load_dataset is None:
+                raise ValueError(f"{bench}: dense metrics need load_dataset")
+            metrics[bench], table = dense_metrics(bench, st, load_predictions, load_dataset(bench))
+            tables.append(table)
             continue
         protos = protocols_for(bench)
         metrics[bench] = {"available": True, "pairs": st["pairs"], "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
@@ -247,7 +290,10 @@ def _metrics(args) -> int:
 
         raise UserError(f"{status_path} not found: run `weakalign evaluate predict` first")
     status = json.loads(status_path.read_text())
-    metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"])
+    from ..data.registry import get_dataset
+
+    metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"],
+                                              load_dataset=lambda name: get_dataset(name, root=root / "data"))
     write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
     print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
           f"{time.time() - t0:.1f}s -> {cfg['metrics']}")

@@ -37,18 +37,46 @@ def model_kinds(model: nn.Module | None) -> tuple[str, ...]:
     return ("affine", "affine_tps") if kind == "affine_tps" else (kind,)
 
 
+def flips_source(dataset) -> bool:
+    """Whether the dataset feeds the network a horizontally flipped source image when a pair's
+    ``flip`` flag is set (TSS, as in the reference code; the estimated θ then refers to the
+    flipped source, and the dense TSS metrics score it as the reference does)."""
+    return bool(getattr(dataset, "flip_source", getattr(dataset, "name", "") == "tss"))
+
+
+def _resolver(dataset):
+    resolve = getattr(dataset, "_resolve", None)
+    if resolve is not None:
+        return resolve
+    return lambda rel: dataset.image_root / rel
+
+
 def _pair_table(dataset):
+    """Records, the distinct images to load (``(path, flipped)``) and the index of each.
+
+    Keys are ``(relative path, flip)``: a source shown flipped is a different network input."""
     recs = dataset.records
-    root = dataset.image_root
-    paths = list(dict.fromkeys(p for r in recs for p in (r.source, r.target)))
-    index = {p: i for i, p in enumerate(paths)}
-    return recs, [root / p for p in paths], index
+    resolve = _resolver(dataset)
+    flip = flips_source(dataset)
+    keys = list(dict.fromkeys(k for r in recs for k in _keys(r, flip)))
+    index = {k: i for i, k in enumerate(keys)}
+    return recs, [(resolve(p), f) for p, f in keys], index
+
+
+def _keys(r, flip: bool):
+    return (r.source, bool(flip and getattr(r, "flip", 0))), (r.target, False)
+
+
+def _read(path_flip):
+    path, flip = path_flip
+    arr = load_image(path, exif_transpose=False)
+    return arr[:, ::-1].copy() if flip else arr
 
 
 def _load_images(paths, size, progress):
     images, sizes = [], []
     for p in tqdm(paths, desc="loading images", disable=not progress, leave=False):
-        arr = load_image(p, exif_transpose=False)
+        arr = _read(p)
         sizes.append(arr.shape[:2])
         images.append(to_tensor(arr, size))
     return torch.stack(images), torch.tensor(sizes, dtype=torch.float32)
@@ -62,23 +90,34 @@ def _points(recs, attr, n_max):
     return out
 
 
+def has_keypoints(recs) -> bool:
+    """Keypoint benchmarks (PF-WILLOW, PF-PASCAL) and Caltech-101 (its polygons, transferred
+    like keypoints) carry points; TSS (dense flow ground truth) does not."""
+    return all(r.source_points is not None and r.target_points is not None for r in recs)
+
+
 def _empty_predictions(recs, dataset, kinds):
-    n_max = max(r.source_points.shape[1] for r in recs)
-    return {
+    pred = {
         "dataset": dataset.name,
         "kinds": list(kinds),
         "source_path": [str(r.source) for r in recs],
         "target_path": [str(r.target) for r in recs],
         "category": [str(r.category) for r in recs],
-        "source_points": _points(recs, "source_points", n_max),
-        "target_points": _points(recs, "target_points", n_max),
+        "flip": [int(getattr(r, "flip", 0)) for r in recs],
     }
+    if has_keypoints(recs):
+        n_max = max(r.source_points.shape[1] for r in recs)
+        pred["source_points"] = _points(recs, "source_points", n_max)
+        pred["target_points"] = _points(recs, "target_points", n_max)
+    return pred
 
 
 def _finish(pred, theta_aff, theta_tps, sizes_src, sizes_tgt, kinds):
     pred["source_size"], pred["target_size"] = sizes_src, sizes_tgt
     pred["theta_aff"], pred["theta_tps"] = theta_aff, theta_tps
     pred["transferred"] = {}
+    if "target_points" not in pred:
+        return pred
     for kind in kinds:
         if kind == "identity":
             k, ta, tt = "affine", affine_identity(len(sizes_src)), None
@@ -105,12 +144,13 @@ def _predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, devic
     kinds = model_kinds(model)
     pred = _empty_predictions(recs, dataset, kinds)
     n = len(recs)
-    src_idx = torch.tensor([index[r.source] for r in recs])
-    tgt_idx = torch.tensor([index[r.target] for r in recs])
+    flip = flips_source(dataset)
+    src_idx = torch.tensor([index[_keys(r, flip)[0]] for r in recs])
+    tgt_idx = torch.tensor([index[_keys(r, flip)[1]] for r in recs])
     if model is None:
         from ..data.images import image_size as read_size
 
-        sizes = torch.tensor([read_size(p) for p in paths], dtype=torch.float32)
+        sizes = torch.tensor([read_size(p) for p, _ in paths], dtype=torch.float32)
         pred = _finish(pred, None, None, sizes[src_idx], sizes[tgt_idx], kinds)
         pred["seconds"] = time.perf_counter() - t0
         return pred
@@ -148,10 +188,12 @@ def predict_pairs_naive(model: nn.Module, dataset, device: str | torch.device = 
     pred = _empty_predictions(recs, dataset, kinds)
     model = model.to(device).eval()
     size = tuple(model.config.image_size)
+    resolve, flip = _resolver(dataset), flips_source(dataset)
     th_a, th_t, s_sizes, t_sizes = [], [], [], []
     for r in tqdm(recs, desc="pairs (naive)", disable=not progress, leave=False):
-        src = load_image(dataset.image_root / r.source, exif_transpose=False)
-        tgt = load_image(dataset.image_root / r.target, exif_transpose=False)
+        (sp, sf), (tp, _) = _keys(r, flip)
+        src = _read((resolve(sp), sf))
+        tgt = _read((resolve(tp), False))
         s_sizes.append(src.shape[:2])
         t_sizes.append(tgt.shape[:2])
         with torch.no_grad():

@@ -1,0 +1,36 @@
+"""The README results block is generated from reports/ only, for keypoint and dense benchmarks."""
+
+import json
+
+from weakalign.reports import RESULTS_BEGIN, RESULTS_END, readme_results, update_readme
+
+
+def _metrics():
+    proto = {"description": "PCK@0.05,0.1,0.15; L = max side of source keypoint bbox; averaged per pair"}
+    return {
+        "pf-willow": {"available": True, "pairs": 900, "protocols": {"default": proto},
+                      "models": {"identity": {"identity": {"default": {"0.1": 0.27}}},
+                                 "missing": {"available": False, "reason": "no file"}}},
+        "pf-pascal": {"available": False, "reason": "506 file(s) missing"},
+        "caltech-101": {"available": True, "pairs": 3, "kind": "dense", "measures": ["LT-ACC", "IoU", "LOC-ERR"],
+                        "models": {"identity": {"identity": {"LT-ACC": 0.5, "IoU": 0.25, "LOC-ERR": 0.125}}}},
+    }
+
+
+def test_readme_results_rows_and_protocols(tmp_path):
+    (tmp_path / "reports" / "metrics").mkdir(parents=True)
+    (tmp_path / "reports" / "metrics" / "pck.json").write_text(json.dumps(_metrics()))
+    text = readme_results(tmp_path)
+    assert "Column PCK = PCK@0.1 with L = max side of source keypoint bbox; averaged per pair" in text
+    assert "| this repo | identity | identity | 0.270 |" in text
+    assert "| paper | WeakAlign (ResNet-101) | affine+TPS | 0.712 |" in text  # from paper_results.yaml
+    assert "**pf-pascal**: not available here (506 file(s) missing)" in text
+    assert "| this repo | identity | identity | 0.500 | 0.250 | 0.125 |" in text
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    (tmp_path / "README.md").write_text(f"# t\n\nbefore\n\n{RESULTS_BEGIN}\nold numbers\n{RESULTS_END}\n\nafter\n")
+    update_readme(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "old numbers" not in text and "before" in text and "after" in text
+    assert "No results yet" in text and text.count(RESULTS_BEGIN) == 1
