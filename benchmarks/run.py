@@ -7,6 +7,7 @@ Writes ``reports/benchmarks/results.json`` and ``results.md`` (``--out`` to chan
 from __future__ import annotations
 
 import argparse
+import queue
 import json
 import multiprocessing as mp
 import os
@@ -113,12 +114,74 @@ def _inference_case(q, backbone, batch, image_size, weights, min_run_time):
     q.put(r)
 
 
+def _training_step_case(q, stage, batch, image_size, weights, min_run_time):
+    """One optimiser step of a training stage, as the default profile runs it.
+
+    strong_affine / strong_tps: cached backbone features (``pairs: fixed``), grid loss, Adam on
+    the regression head. weak: two-stage model, stage-1 features cached, the affine-warped
+    source re-encoded by the frozen backbone (gradients flow through it to θ_aff), soft-inlier
+    loss, Adam on both regression heads (``train_parts: regressors``)."""
+    torch.set_num_threads(int(os.environ.get("WEAKALIGN_BENCH_THREADS", torch.get_num_threads())))
+    torch.manual_seed(0)
+    from weakalign.models import CNNGeometric, ModelConfig
+
+    if stage.startswith("strong"):
+        from weakalign.geometry import affine_identity, tps_identity
+        from weakalign.losses import TransformedGridLoss
+        from weakalign.training.strong import StrongStep
+
+        kind = stage.split("_", 1)[1]
+        model = CNNGeometric(kind, ModelConfig(backbone="efficientnet_lite0", image_size=(image_size, image_size)),
+                             backbone_weights=weights).eval()
+        model.regression.train()
+        step = StrongStep(model, TransformedGridLoss(kind), "cpu")
+        with torch.no_grad():
+            f = model.extract(torch.rand(2 * batch, 3, image_size, image_size))
+        ident = affine_identity(batch) if kind == "affine" else tps_identity(batch)
+        data = {"f_src": f[:batch], "f_tgt": f[batch:], "theta": ident + 0.05 * torch.randn_like(ident)}
+        params = list(model.regression.parameters())
+    else:
+        from weakalign.losses import TwoStageInlierScore
+        from weakalign.training.weak import WeakStep, set_trainable
+
+        model = _build("efficientnet_lite0", image_size, weights)
+        set_trainable(model, "regressors", 0)
+        model.eval()
+        model.regression.train()
+        model.regression2.train()
+        fh = image_size // 16
+        step = WeakStep(model, TwoStageInlierScore(fh, fh), "cpu")
+        src = torch.rand(batch, 3, image_size, image_size)
+        with torch.no_grad():
+            f = model.extract(torch.cat((src, torch.rand(batch, 3, image_size, image_size))))
+        data = {"source_image": src, "f_src": f[:batch], "f_tgt": f[batch:]}
+        params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-6)
+
+    def one_step():
+        opt.zero_grad(set_to_none=True)
+        step(data).backward()
+        opt.step()
+
+    r = measure(one_step, min_run_time)
+    r["pairs_per_s"] = batch / r["median_s"]
+    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    q.put(r)
+
+
 def in_subprocess(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(q, *args))
     p.start()
-    out = q.get()
+    while True:  # a child that dies (error, out of memory) must not hang the harness
+        try:
+            out = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"benchmark case {getattr(target, '__name__', target)}{args} failed "
+                                   f"(exit code {p.exitcode}); its traceback is printed above")
     p.join()
     return out
 
@@ -190,6 +253,13 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {r['backbone']} | {r['batch']} | {r['pairs_per_s']:.1f} | {r['median_s'] * 1e3:.0f} ms | "
                      f"{r['peak_rss_mb']:.0f} MB | {f / 1e9:.2f} G | {bound} |" if f else
                      f"| {r['backbone']} | {r['batch']} | {r['pairs_per_s']:.1f} | {r['median_s'] * 1e3:.0f} ms | {r['peak_rss_mb']:.0f} MB | n/a | n/a |")
+    if res.get("training"):
+        lines += ["", f"One training step as the default profile runs it (EfficientNet-Lite0, {res['training'][0]['image_size']}x{res['training'][0]['image_size']}; strong: cached "
+                  "features, grid loss; weak: two-stage, stage-1 features cached, warped source re-encoded, soft-inlier loss):", "",
+                  "| stage | batch | median per step | IQR | pairs/s | peak RSS |", "|---|---|---|---|---|---|"]
+        for r in res["training"]:
+            lines.append(f"| {r['stage']} | {r['batch']} | {r['median_s'] * 1e3:.0f} ms | {r['iqr_s'] * 1e3:.0f} ms | "
+                         f"{r['pairs_per_s']:.1f} | {r['peak_rss_mb']:.0f} MB |")
     if res.get("evaluation"):
         lines += ["", "PF-WILLOW evaluation of the two-stage model (900 pairs; fast path = features of each of the 100 "
                   "images computed once, pairs batched, `inference_mode`; naive = one pair at a time as the reference "
@@ -248,6 +318,13 @@ def main(argv=None) -> int:
         print(f"{backbone:20s} batch {batch:3d}: {r['pairs_per_s']:7.1f} pairs/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         if backbone not in res["flops"]:
             res["flops"][backbone] = flops_per_pair(backbone, size)
+    res["training"] = []
+    train_cases = [("strong_affine", 2), ("weak", 2)] if args.quick else [("strong_affine", 16), ("strong_tps", 16), ("weak", 16)]
+    for stage, batch in train_cases:
+        r = in_subprocess(_training_step_case, stage, batch, 176 if args.quick else 240, "random" if args.quick else "imagenet", mrt)
+        r.update(stage=stage, batch=batch, image_size=176 if args.quick else 240)
+        res["training"].append(r)
+        print(f"train step {stage:14s} batch {batch:3d}: {r['median_s'] * 1e3:7.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     res["evaluation"] = {}
     if not args.quick:
         for backbone, weights in (("efficientnet_lite0", "imagenet"), ("resnet101", "random")):

@@ -18,8 +18,18 @@ def test_quick_benchmark_run_writes_results(tmp_path, monkeypatch):
     assert res["environment"]["torch"] and res["environment"]["threads"] >= 1
     assert res["inference"][0]["pairs_per_s"] > 0 and res["inference"][0]["peak_rss_mb"] > 0
     assert res["flops"]["efficientnet_lite0"]["two_stage_pair_flops"] > res["flops"]["efficientnet_lite0"]["backbone_pass_flops"] > 0
+    assert {r["stage"] for r in res["training"]} == {"strong_affine", "weak"}
+    assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in res["training"])
     md = (tmp_path / "results.md").read_text()
-    assert "GFLOP/s" in md and "efficientnet_lite0" in md
+    assert "GFLOP/s" in md and "efficientnet_lite0" in md and "| weak | 2 |" in md
+
+
+def test_a_failing_case_is_reported_not_hung(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import run
+
+    with pytest.raises(RuntimeError, match="failed"):
+        run.in_subprocess(run._training_step_case, "strong_nonexistent", 1, 64, "random", 0.01)
 
 
 def test_readme_block_is_replaced_not_duplicated(tmp_path, monkeypatch):
