@@ -109,3 +109,18 @@ def test_unknown_benchmark_is_a_clear_error(tmp_path, monkeypatch):
     args = type("A", (), {"params": str(p), "quiet": True})()
     with pytest.raises(UserError, match="unknown benchmark 'pf-wilow'"):
         commands._predict(args)
+
+
+def test_profile_overrides_evaluate_block_and_subset_is_even(tmp_path, tiny_caltech):
+    from weakalign.evaluation.commands import load_block, subset
+
+    p = tmp_path / "params.yaml"
+    p.write_text("profile: smoke\nevaluate:\n  batch_size: 4\nprofiles:\n  smoke:\n    evaluate: {max_pairs: 2}\n")
+    cfg = load_block(p)
+    assert cfg["max_pairs"] == 2 and cfg["batch_size"] == 4
+    p.write_text("profile: default\nevaluate:\n  batch_size: 4\nprofiles:\n  smoke:\n    evaluate: {max_pairs: 2}\n")
+    assert load_block(p)["max_pairs"] == 0
+    sub = subset(tiny_caltech, 2)
+    assert [r.line for r in sub.records] == [tiny_caltech.records[0].line, tiny_caltech.records[2].line]
+    assert sub.pairs_total == 3 and len(tiny_caltech.records) == 3  # the original is untouched
+    assert subset(tiny_caltech, 0) is tiny_caltech and subset(tiny_caltech, 10) is tiny_caltech

@@ -126,7 +126,8 @@ def readme_results(root: Path) -> str:
             continue
         desc = b["protocols"]["default"]["description"]
         rest = "; ".join(desc.split("; ")[1:]) or desc
-        lines += [f"**{bench}** ({b['pairs']} pairs). Column PCK = PCK@0.1 with {rest} "
+        of = f" of {b['pairs_total']}" if "pairs_total" in b else ""
+        lines += [f"**{bench}** ({b['pairs']} pairs{of}). Column PCK = PCK@0.1 with {rest} "
                   "(paper rows: as published, protocol as stated by their source). "
                   "Reproduce: `dvc repro evaluate_metrics`; all protocols in `reports/tables/pck.md`.", ""]
         df = comparison_table(metrics, bench)[["source", "model", "transform", "PCK"]]

@@ -20,6 +20,10 @@ The ``evaluate:`` block of ``params.yaml``::
         strong_affine_tps: {affine: models/strong_affine.pt, tps: models/strong_tps.pt}
         weak_affine_tps: {checkpoint: models/weak_affine_tps.pt, optional: true}
       reference_checkpoints_dir: models/reference   # released .pth.tar files, if any
+      max_pairs: 0                  # 0 = every pair; N = N evenly spaced pairs (smoke profile)
+
+A profile can override it like the training blocks: ``profiles.<name>.evaluate`` (the top-level
+``profile:`` key selects it; ``dvc exp run -S profile=smoke``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ DEFAULTS = {
     "tables_dir": "reports/tables",
     "models": {"identity": {"type": "identity"}},
     "reference_checkpoints_dir": "models/reference",
+    "max_pairs": 0,
     "alphas_curve": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
 }
 KEYPOINT_BENCHMARKS = ("pf-willow", "pf-pascal")
@@ -54,12 +59,17 @@ def load_block(params_path: str | Path | None) -> dict:
     p = Path(params_path) if params_path else project_root() / "params.yaml"
     block = {}
     if p.is_file():
-        block = (yaml.safe_load(p.read_text()) or {}).get("evaluate") or {}
+        doc = yaml.safe_load(p.read_text()) or {}
+        block = doc.get("evaluate") or {}
+        profile = doc.get("profile") or "default"
+        override = ((doc.get("profiles") or {}).get(profile) or {}).get("evaluate")
+        if profile != "default" and override:
+            block = {**block, **override}  # shallow: a profile replaces whole keys (e.g. its own models list)
     unknown = set(block) - set(DEFAULTS)
     if unknown:
         from weakalign.cli import UserError
 
-        raise UserError(f"{p}: evaluate: unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+        raise UserError(f"{p}: evaluate (with the selected profile): unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
     return {**DEFAULTS, **block}
 
 
@@ -86,6 +96,22 @@ def load_model(spec: dict, root: Path):
         tps, _ = load_checkpoint(root / spec["tps"])
         return TwoStageCNNGeometric.from_stages(aff, tps).eval()
     raise ValueError(f"model spec {spec} needs type: identity, checkpoint, or affine + tps")
+
+
+def subset(dataset, max_pairs: int):
+    """``max_pairs`` evenly spaced pairs of ``dataset`` (all when 0 or more than it has), as a
+    shallow copy: used identically at predict and at metrics time, so the cache and the ground
+    truth stay in the same order."""
+    import copy
+
+    n = len(dataset.records)
+    if not max_pairs or max_pairs >= n:
+        return dataset
+    keep = [round(i * (n - 1) / (max_pairs - 1)) for i in range(max_pairs)] if max_pairs > 1 else [0]
+    out = copy.copy(dataset)
+    out.records = [dataset.records[i] for i in keep]
+    out.pairs_total = n
+    return out
 
 
 def _short_reason(exc) -> str:
@@ -129,12 +155,15 @@ def _predict(args) -> int:
 
             raise UserError(f"evaluate.benchmarks: unknown benchmark {bench!r} (known: {', '.join(KEYPOINT_BENCHMARKS + DENSE_BENCHMARKS)})")
         try:
-            ds = get_dataset(bench, root=root / "data")
+            ds = subset(get_dataset(bench, root=root / "data"), cfg["max_pairs"])
         except DatasetNotAvailable as exc:
             status[bench] = {"available": False, "reason": _short_reason(exc)}
             print(f"{bench}: not available ({status[bench]['reason']})")
             continue
         status[bench] = {"available": True, "pairs": len(ds), "models": {}}
+        if getattr(ds, "pairs_total", None):
+            status[bench]["pairs_total"] = ds.pairs_total
+            print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
         for name, spec in model_specs(cfg, root).items():
             try:
                 model = load_model(spec, root)
@@ -231,7 +260,7 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             tables.append(table)
             continue
         protos = protocols_for(bench)
-        metrics[bench] = {"available": True, "pairs": st["pairs"], "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
+        metrics[bench] = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
         rows, curve_rows = [], []
         for name, mst in st["models"].items():
             if not mst.get("available"):
@@ -257,7 +286,8 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
         curves[bench] = curve_rows
         d = protos["default"]
         alt = "image" if bench == "pf-willow" else "bbox"
-        lines = [f"### {bench} ({st['pairs']} pairs)", "", f"Default protocol: {d.describe()}.", "",
+        of = f" of {st['pairs_total']}, evenly spaced: evaluate.max_pairs" if "pairs_total" in st else ""
+        lines = [f"### {bench} ({st['pairs']} pairs{of})", "", f"Default protocol: {d.describe()}.", "",
                  f"| model | transform | PCK@0.05 | PCK@0.1 | PCK@0.15 | PCK@0.1 per keypoint | PCK@0.1 ({protos[alt].describe().split('; ')[1]}) |",
                  "|---|---|---|---|---|---|---|"]
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -293,7 +323,7 @@ def _metrics(args) -> int:
     from ..data.registry import get_dataset
 
     metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"],
-                                              load_dataset=lambda name: get_dataset(name, root=root / "data"))
+                                              load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg["max_pairs"]))
     write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
     print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
           f"{time.time() - t0:.1f}s -> {cfg['metrics']}")
