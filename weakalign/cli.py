@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "weakalign.info",
     "weakalign.data.commands",
     "weakalign.training.commands",
+    "weakalign.ncnet.commands",
     "weakalign.evaluation.commands",
     "weakalign.align",
     "weakalign.notebooks",

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-KIND_LABEL = {"identity": "identity", "affine": "affine", "tps": "TPS", "affine_tps": "affine+TPS"}
+KIND_LABEL = {"identity": "identity", "affine": "affine", "tps": "TPS", "affine_tps": "affine+TPS", "ncnet": "NCNet matches"}
+
+#: The methods compared head to head: (label, model name in pck.json, transform, training stages
+#: whose ``seconds`` add up to the method's training time from ImageNet features).
+METHODS = (
+    ("CNNGeometric (strong supervision)", "strong_affine_tps", "affine_tps", ("train_strong_affine", "train_strong_tps")),
+    ("WeakAlign (strong, then weak fine-tuning)", "weak_affine_tps", "affine_tps", ("train_strong_affine", "train_strong_tps", "train_weak")),
+    ("NCNet (weak supervision)", "ncnet", "ncnet", ("train_ncnet",)),
+)
 
 
 def paper_results() -> list[dict]:
@@ -93,6 +101,48 @@ def per_category_frame(metrics_path, benchmark: str, alpha: str = "0.1") -> pd.D
     return pd.DataFrame(rows)
 
 
+def methods_frame(metrics_dir: str | Path, benchmark: str = "pf-willow") -> pd.DataFrame:
+    """The methods side by side on one benchmark: PCK (default protocol) and what each cost on
+    this machine -- training time (sum of its stages' ``seconds`` in ``reports/metrics/train_*.json``;
+    WeakAlign includes the strong stages it starts from) and evaluation time (``evaluate predict``,
+    every pair of the benchmark). Missing files give empty cells, never a guessed number."""
+    mdir = Path(metrics_dir)
+    m = json.loads((mdir / "pck.json").read_text()).get(benchmark, {}) if (mdir / "pck.json").is_file() else {}
+    rows = []
+    for label, model, kind, stages in METHODS:
+        res = (m.get("models", {}).get(model) or {}).get(kind, {}) if m.get("available") else {}
+        d = res.get("default", {})
+        secs = []
+        for st in stages:
+            f = mdir / f"{st}.json"
+            secs.append(json.loads(f.read_text()).get("seconds") if f.is_file() else None)
+        train = sum(secs) / 60 if secs and all(isinstance(x, (int, float)) for x in secs) else None
+        own = secs[-1] / 60 if secs and isinstance(secs[-1], (int, float)) else None
+        ev = m.get("predict_seconds", {}).get(model)
+        rows.append({"method": label, "model": model, "PCK@0.05": d.get("0.05"), "PCK@0.1": d.get("0.1"), "PCK@0.15": d.get("0.15"),
+                     "train, all stages (min)": train, "train, last stage (min)": own, "evaluate (s)": ev})
+    return pd.DataFrame(rows)
+
+
+def methods_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
+    """Two panels: PCK@0.1 per method, and its training / evaluation time on this machine."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
+    labels = df["method"].tolist()
+    for ax, col, title in zip(axes, ("PCK@0.1", "train, all stages (min)", "evaluate (s)"),
+                              (f"{benchmark} PCK@0.1", "training time, minutes", f"evaluating {benchmark}, seconds")):
+        vals = pd.to_numeric(df[col], errors="coerce")
+        ax.barh(labels, vals.fillna(0), color=["#4c72b0", "#55a868", "#c44e52"][: len(labels)])
+        for y, v in enumerate(vals):
+            ax.text(0 if pd.isna(v) else v, y, " n/a" if pd.isna(v) else f" {v:.3g}", va="center")
+        ax.set_title(title)
+        ax.invert_yaxis() if ax is axes[0] else None
+        ax.margins(x=0.25)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,9 +182,15 @@ def readme_results(root: Path) -> str:
                   "Reproduce: `dvc repro evaluate_metrics`; all protocols in `reports/tables/pck.md`.", ""]
         df = comparison_table(metrics, bench)[["source", "model", "transform", "PCK"]]
         lines += [to_markdown(df)]
+    if m.get("pf-willow", {}).get("available"):
+        desc = m["pf-willow"]["protocols"]["default"]["description"]
+        lines += ["**Methods side by side on pf-willow** (PCK with " + "; ".join(desc.split("; ")[1:]) + "; times measured by the "
+                  "pipeline on this machine, 2 CPU cores: training from `reports/metrics/train_*.json`, evaluation of all pairs "
+                  "from `evaluate predict`). Reproduce: `dvc repro`.", ""]
+        lines += [to_markdown(methods_frame(root / "reports" / "metrics", "pf-willow"), floatfmt=".3g")]
     for name in sorted((root / "reports" / "metrics").glob("train_*.json")):
         d = json.loads(name.read_text())
-        keys = [k for k in ("heldout_grid_loss", "heldout_identity_grid_loss", "heldout_score_before", "heldout_score_after", "label", "selection_criterion") if k in d]
+        keys = [k for k in ("heldout_grid_loss", "heldout_identity_grid_loss", "heldout_score_before", "heldout_score_after", "heldout_loss_before", "heldout_loss_after", "label", "selection_criterion") if k in d]
         if keys:
             lines.append(f"- `{name.name}`: " + ", ".join(f"{k} = {d[k]:.4g}" if isinstance(d[k], float) else f"{k} = {d[k]}" for k in keys))
     return "\n".join(lines).rstrip() + "\n"

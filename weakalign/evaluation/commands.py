@@ -79,16 +79,37 @@ def model_specs(cfg: dict, root: Path) -> dict:
     ref_dir = root / cfg["reference_checkpoints_dir"]
     if ref_dir.is_dir():
         for p in sorted(ref_dir.glob("*.pth.tar")):
-            specs.setdefault(f"released:{p.name.removesuffix('.pth.tar')}", {"checkpoint": str(p.relative_to(root)), "optional": True})
+            spec = {"checkpoint": str(p.relative_to(root)), "optional": True}
+            if p.name.lower().startswith("ncnet"):  # ncnet_pfpascal.pth.tar, ncnet_ivd.pth.tar
+                spec["type"] = "ncnet"
+            specs.setdefault(f"released:{p.name.removesuffix('.pth.tar')}", spec)
     return specs
 
 
+#: Why an NCNet row is absent from the dense benchmarks (they warp with a parametric transform).
+NCNET_DENSE_REASON = "NCNet gives sparse matches and no parametric transformation; Caltech-101 and TSS warp with theta"
+
+
+def is_ncnet_spec(spec: dict) -> bool:
+    return spec.get("type") == "ncnet"
+
+
 def load_model(spec: dict, root: Path):
-    """Model for a spec (None = identity). Raises FileNotFoundError naming a missing file."""
+    """Model for a spec (None = identity). Raises FileNotFoundError naming a missing file.
+
+    ``{type: ncnet, checkpoint: ...}`` loads an NCNet (suite checkpoint or released
+    ``.pth.tar``) with :func:`weakalign.ncnet.load_ncnet_checkpoint`."""
     from ..models import TwoStageCNNGeometric, load_checkpoint
 
     if spec.get("type") == "identity":
         return None
+    if is_ncnet_spec(spec):
+        from ..ncnet import load_ncnet_checkpoint
+
+        path = root / spec["checkpoint"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        return load_ncnet_checkpoint(path)[0]
     if "checkpoint" in spec:
         return load_checkpoint(root / spec["checkpoint"])[0]
     if "affine" in spec and "tps" in spec:
@@ -165,6 +186,9 @@ def _predict(args) -> int:
             status[bench]["pairs_total"] = ds.pairs_total
             print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
         for name, spec in model_specs(cfg, root).items():
+            if is_ncnet_spec(spec) and bench in DENSE_BENCHMARKS:
+                status[bench]["models"][name] = {"available": False, "reason": NCNET_DENSE_REASON}
+                continue
             try:
                 model = load_model(spec, root)
             except FileNotFoundError as exc:
@@ -175,7 +199,12 @@ def _predict(args) -> int:
                 from weakalign.cli import UserError
 
                 raise UserError(f"model {name!r}: {exc}. Train it first (dvc repro) or mark it optional in params.yaml") from exc
-            pred = predict_pairs(model, ds, batch_size=cfg["batch_size"], device=cfg["device"], progress=not args.quiet)
+            if is_ncnet_spec(spec):
+                from ..ncnet import predict_pairs_ncnet
+
+                pred = predict_pairs_ncnet(model, ds, batch_size=cfg["batch_size"], device=cfg["device"], progress=not args.quiet)
+            else:
+                pred = predict_pairs(model, ds, batch_size=cfg["batch_size"], device=cfg["device"], progress=not args.quiet)
             pred["model"] = name
             pred["model_spec"] = {k: str(v) for k, v in spec.items()}
             path = out_dir / bench / f"{_safe_name(name)}.pt"
@@ -283,6 +312,8 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
                 for a, v in pck_curve(pred, kind, ref.reference, ref.averaging, alphas_curve):
                     curve_rows.append((f"{name} ({kind})", a, v))
             metrics[bench]["models"][name] = entry
+            if "seconds" in mst:
+                metrics[bench].setdefault("predict_seconds", {})[name] = mst["seconds"]
         curves[bench] = curve_rows
         d = protos["default"]
         alt = "image" if bench == "pf-willow" else "bbox"

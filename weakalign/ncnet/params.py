@@ -1,0 +1,125 @@
+"""The ``train_ncnet:`` block of ``params.yaml``.
+
+Resolved like the other training blocks (:mod:`weakalign.training.params`), later wins, each
+level merged key by key (lists replaced whole), unknown keys are errors:
+
+1. :data:`NCNET_DEFAULTS` below (the CPU-sized ``default`` profile; ``docs/ncnet.md`` says why);
+2. the ``train_ncnet:`` block of ``params.yaml``;
+3. ``profiles.<name>.train_ncnet`` for the selected profile (top-level ``profile:`` key, or
+   ``--profile``); ``docs/ncnet.md`` has the ``smoke`` and ``paper`` entries;
+4. ``--set KEY=VALUE`` options (dotted key inside the block).
+"""
+
+from __future__ import annotations
+
+from ..training.params import fingerprint, merge, parse_set, read_params_file  # noqa: F401 (re-exported)
+
+BLOCK = "train_ncnet"
+
+NCNET_DEFAULTS: dict = {
+    "seed": 1,
+    "device": "auto",  # auto (cuda if available) | cpu | cuda
+    "threads": 0,  # torch intra-op threads; 0 = torch's default
+    "model": {
+        "backbone": "efficientnet_lite0",  # a name of weakalign.models.backbones (reference: resnet101)
+        "backbone_weights": "imagenet",
+        "image_size": [240, 240],  # 15 x 15 features at stride 16 (reference: 400 x 400, 25 x 25)
+        # reference PF-PASCAL model: [5, 5, 5] / [16, 16, 1]; [3, 3] / [16, 1] is the reference's
+        # InLoc/IVD model and what fits the 2-core CPU budget (docs/ncnet.md)
+        "kernel_sizes": [3, 3],
+        "channels": [16, 1],
+        "symmetric": True,
+        "conv4d_impl": "auto",  # auto | loop | stack_input | stack_output (same result)
+    },
+    "fe_finetune": 0,  # last backbone blocks to fine-tune (reference --fe_finetune_params, default 0)
+    "data": {
+        "root": "data",
+        # pair lists: a weak-pairs split of weakalign.data.registry (train, val, pf-pascal,
+        # pf-pascal-paper) or {csv: path, image_root: folder}
+        "train": "train",
+        "val": "val",
+        # 0 = all. 600 = the same seeded subset of pairs as train_weak (same seed, same key)
+        "max_train_pairs": 600,
+        "max_val_pairs": 0,
+        "use_flip": True,  # honour the flip column (both images mirrored)
+    },
+    "loss": {"normalization": "softmax"},  # softmax (reference) | l1 | none
+    "cache_features": True,  # frozen backbone: features of every distinct image computed once
+    "cache_dir": "data/cache/features",
+    "batch_size": 16,
+    "schedule": [{"epochs": 2, "lr": 1.0e-3}],  # reference: 5 epochs at 5e-4 (docs/ncnet.md)
+    "weight_decay": 0.0,
+    # heldout_weak_loss: weak loss on the even rows of data.val (the reference keeps the best
+    # validation loss); last_epoch: no selection
+    "selection": "heldout_weak_loss",
+    "num_workers": 0,
+    "checkpoint_every": 10,
+    "outputs": {
+        "checkpoint": "models/ncnet.pt",
+        "state": "models/state/train_ncnet.pt",
+        "metrics": "reports/metrics/train_ncnet.json",
+        "plot": "reports/plots/train_ncnet.csv",
+        "steps_plot": "reports/plots/train_ncnet_steps.csv",
+    },
+}
+
+SELECTIONS = ("heldout_weak_loss", "last_epoch")
+NORMALIZATIONS = ("softmax", "l1", "none")
+
+
+def _user_error(msg: str) -> Exception:
+    from weakalign.cli import UserError
+
+    return UserError(msg)
+
+
+def resolve_ncnet(doc: dict, where: str = "params.yaml", profile: str | None = None, overrides: dict | None = None) -> dict:
+    """Effective ``train_ncnet`` parameters (module docstring); carries ``_profile``."""
+    cfg = merge(NCNET_DEFAULTS, doc.get(BLOCK) or {}, f"{where}: {BLOCK}")
+    profile = profile or doc.get("profile") or "default"
+    profiles = doc.get("profiles") or {}
+    if profile != "default" and profile not in profiles:
+        raise _user_error(f"{where}: unknown profile {profile!r} (defined: default, {', '.join(sorted(profiles)) or '-'})")
+    prof = profiles.get(profile) or {}
+    if not isinstance(prof, dict):
+        raise _user_error(f"{where}: profiles.{profile} must be a mapping")
+    cfg = merge(cfg, prof.get(BLOCK) or {}, f"{where}: profiles.{profile}.{BLOCK}")
+    cfg = merge(cfg, overrides or {}, "--set")
+    validate(cfg)
+    cfg["_profile"] = profile
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    sched = cfg["schedule"]
+    if not isinstance(sched, list) or not sched:
+        raise _user_error(f"{BLOCK}.schedule must be a non-empty list of {{epochs, lr}} phases")
+    for i, ph in enumerate(sched):
+        if not isinstance(ph, dict) or set(ph) - {"epochs", "lr", "restart_from_best"} or "epochs" not in ph or "lr" not in ph:
+            raise _user_error(f"{BLOCK}.schedule[{i}] must be {{epochs: N, lr: X[, restart_from_best: bool]}}, got {ph!r}")
+        if int(ph["epochs"]) < 1 or float(ph["lr"]) <= 0:
+            raise _user_error(f"{BLOCK}.schedule[{i}]: epochs must be >= 1 and lr > 0")
+    if int(cfg["batch_size"]) < 2:
+        raise _user_error(f"{BLOCK}.batch_size must be >= 2 (the negatives pair each target with another pair's source)")
+    m = cfg["model"]
+    ks, ch = list(m["kernel_sizes"]), list(m["channels"])
+    if not ks or len(ks) != len(ch):
+        raise _user_error(f"{BLOCK}.model.kernel_sizes and channels must be non-empty lists of the same length, got {ks} and {ch}")
+    if any(int(k) < 1 or int(k) % 2 == 0 for k in ks):
+        raise _user_error(f"{BLOCK}.model.kernel_sizes must be odd, got {ks}")
+    if int(ch[-1]) != 1 or any(int(c) < 1 for c in ch):
+        raise _user_error(f"{BLOCK}.model.channels must be positive and end with 1, got {ch}")
+    if len(m["image_size"]) != 2:
+        raise _user_error(f"{BLOCK}.model.image_size must be [h, w], got {m['image_size']}")
+    if cfg["selection"] not in SELECTIONS:
+        raise _user_error(f"{BLOCK}.selection must be one of {', '.join(SELECTIONS)}, got {cfg['selection']!r}")
+    if cfg["loss"]["normalization"] not in NORMALIZATIONS:
+        raise _user_error(f"{BLOCK}.loss.normalization must be one of {', '.join(NORMALIZATIONS)}, got {cfg['loss']['normalization']!r}")
+    if int(cfg["fe_finetune"]) < 0:
+        raise _user_error(f"{BLOCK}.fe_finetune must be >= 0")
+
+
+def config_from_file(params: str | None = None, profile: str | None = None, sets: list[str] | None = None) -> dict:
+    """``resolve_ncnet`` of a params file (default: the project's ``params.yaml``)."""
+    doc, path = read_params_file(params)
+    return resolve_ncnet(doc, where=str(path), profile=profile, overrides=parse_set(sets))
