@@ -124,3 +124,53 @@ def test_profile_overrides_evaluate_block_and_subset_is_even(tmp_path, tiny_calt
     assert [r.line for r in sub.records] == [tiny_caltech.records[0].line, tiny_caltech.records[2].line]
     assert sub.pairs_total == 3 and len(tiny_caltech.records) == 3  # the original is untouched
     assert subset(tiny_caltech, 0) is tiny_caltech and subset(tiny_caltech, 10) is tiny_caltech
+
+
+def test_ncnet_through_evaluate_predict_and_metrics(tmp_path, monkeypatch, tiny_willow, tiny_caltech):
+    """An NCNet spec is predicted on keypoint benchmarks, marked not applicable on dense ones,
+    scored from its cache, and appears in the methods table with its evaluation time."""
+    import json
+
+    import weakalign.ncnet as ncnet
+    from tiny_backbone import TinyBackbone
+    from weakalign.evaluation import commands
+    from weakalign.ncnet import NCNet, NCNetConfig, save_ncnet_checkpoint
+    from weakalign.reports import methods_frame
+
+    torch.manual_seed(0)
+    save_ncnet_checkpoint(tmp_path / "models" / "nc.pt", NCNet(NCNetConfig(backbone="tiny", image_size=(96, 112), kernel_sizes=(3, 3),
+                                                                         channels=(4, 1)), backbone=TinyBackbone()).eval())
+    real_load = ncnet.load_ncnet_checkpoint
+    monkeypatch.setattr(ncnet, "load_ncnet_checkpoint", lambda p, **kw: real_load(p, backbone_factory=TinyBackbone))
+    monkeypatch.setattr("weakalign.data.paths.project_root", lambda: tmp_path)
+    monkeypatch.setattr("weakalign.data.registry.get_dataset",
+                        lambda name, root=None: {"pf-willow": tiny_willow, "caltech-101": tiny_caltech}[name])
+    # a released NCNet file dropped into models/reference is recognised as NCNet, not CNNGeometric
+    (tmp_path / "models" / "reference").mkdir(parents=True)
+    (tmp_path / "models" / "reference" / "ncnet_pfpascal.pth.tar").write_bytes(b"")
+    specs = commands.model_specs({**commands.DEFAULTS}, tmp_path)
+    assert specs["released:ncnet_pfpascal"]["type"] == "ncnet" and specs["released:ncnet_pfpascal"]["optional"]
+    (tmp_path / "models" / "reference" / "ncnet_pfpascal.pth.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        commands.load_model({"type": "ncnet", "checkpoint": "models/absent.pt"}, tmp_path)
+
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  batch_size: 4\n  benchmarks: [pf-willow, caltech-101]\n"
+                      "  models:\n    identity: {type: identity}\n    ncnet: {type: ncnet, checkpoint: models/nc.pt}\n")
+    args = type("A", (), {"params": str(params), "quiet": True})()
+    assert commands._predict(args) == 0
+    status = json.loads((tmp_path / "data" / "predictions" / "status.json").read_text())
+    assert status["pf-willow"]["models"]["ncnet"]["available"]
+    assert status["caltech-101"]["models"]["ncnet"] == {"available": False, "reason": commands.NCNET_DENSE_REASON}
+    assert commands._metrics(args) == 0
+    m = json.loads((tmp_path / "reports" / "metrics" / "pck.json").read_text())
+    pck = m["pf-willow"]["models"]["ncnet"]["ncnet"]["default"]["0.1"]
+    assert 0.0 <= pck <= 1.0
+    assert m["pf-willow"]["predict_seconds"]["ncnet"] > 0
+    assert m["caltech-101"]["models"]["ncnet"]["available"] is False
+    # methods table: NCNet's PCK and evaluation time from the files; no training record -> empty, not guessed
+    df = methods_frame(tmp_path / "reports" / "metrics").set_index("model")
+    assert df.loc["ncnet", "PCK@0.1"] == pck and df.loc["ncnet", "evaluate (s)"] == m["pf-willow"]["predict_seconds"]["ncnet"]
+    assert df.loc["ncnet", "train, all stages (min)"] is None or np.isnan(df.loc["ncnet", "train, all stages (min)"])
+    (tmp_path / "reports" / "metrics" / "train_ncnet.json").write_text(json.dumps({"seconds": 90.0}))
+    assert methods_frame(tmp_path / "reports" / "metrics").set_index("model").loc["ncnet", "train, all stages (min)"] == 1.5

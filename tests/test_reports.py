@@ -26,6 +26,9 @@ def test_readme_results_rows_and_protocols(tmp_path):
     assert "| paper | WeakAlign (ResNet-101) | affine+TPS | 0.712 |" in text  # from paper_results.yaml
     assert "**pf-pascal**: not available here (506 file(s) missing)" in text
     assert "| this repo | identity | identity | 0.500 | 0.250 | 0.125 |" in text
+    # methods side by side: PCK and times only from files; absent models/trainings are n/a, not numbers
+    assert "**Methods side by side on pf-willow**" in text
+    assert "| NCNet (weak supervision) | ncnet | n/a | n/a | n/a | n/a | n/a | n/a |" in text
 
 
 def test_update_readme_replaces_only_the_block(tmp_path):
