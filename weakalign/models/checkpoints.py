@@ -117,15 +117,24 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Mod
 
 # --- reference (released) checkpoints -------------------------------------------------------
 
+def reference_backbone_key(key: str) -> str | None:
+    """This suite's name for a reference ``FeatureExtraction.model.*`` key (older files spell it
+    ``FeatureExtraction.vgg.*``); None for any other key. Shared by the CNNGeometric/WeakAlign
+    and NCNet loaders."""
+    if key.startswith("FeatureExtraction.vgg."):
+        key = "FeatureExtraction.model." + key[len("FeatureExtraction.vgg."):]
+    if key.startswith("FeatureExtraction.model."):
+        return "feature_extraction.backbone.body." + key[len("FeatureExtraction.model."):]
+    return None
+
+
 def map_reference_keys(state_dict: dict, source: str = "checkpoint") -> dict:
     """Rename reference keys to this suite's module names (see module docstring)."""
     out = {}
     unknown = []
     for key, value in state_dict.items():
-        if key.startswith("FeatureExtraction.vgg."):
-            key = "FeatureExtraction.model." + key[len("FeatureExtraction.vgg."):]
-        if key.startswith("FeatureExtraction.model."):
-            out["feature_extraction.backbone.body." + key[len("FeatureExtraction.model."):]] = value
+        if (ours := reference_backbone_key(key)) is not None:
+            out[ours] = value
         elif key.startswith("FeatureRegression2."):
             out["regression2." + key[len("FeatureRegression2."):]] = value
         elif key.startswith("FeatureRegression."):

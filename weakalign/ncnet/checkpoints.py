@@ -36,7 +36,7 @@ import re
 import torch
 
 from ..models.backbones import list_backbones
-from ..models.checkpoints import FORMAT, CheckpointFormatError, safe_load, save_checkpoint
+from ..models.checkpoints import FORMAT, CheckpointFormatError, reference_backbone_key, safe_load, save_checkpoint
 from .model import NCNet, NCNetConfig
 
 REFERENCE_BACKBONES = {"resnet101": "resnet101", "vgg": "vgg16", "vgg16": "vgg16"}
@@ -169,10 +169,8 @@ def map_reference_ncnet_keys(state_dict: dict, source: str = "checkpoint") -> di
     for key, value in state_dict.items():
         if key.startswith("NeighConsensus."):
             continue
-        if key.startswith("FeatureExtraction.vgg."):
-            key = "FeatureExtraction.model." + key[len("FeatureExtraction.vgg."):]
-        if key.startswith("FeatureExtraction.model."):
-            out["feature_extraction.backbone.body." + key[len("FeatureExtraction.model."):]] = value
+        if (ours := reference_backbone_key(key)) is not None:
+            out[ours] = value
         else:
             unknown.append(key)
     if unknown:

@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -82,6 +83,20 @@ class DistContext:
     def close(self) -> None:
         if self.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_context(cfg: dict, ctx: DistContext | None = None):
+    """``ctx`` when the caller passes one (and keeps owning it); otherwise a new context from
+    ``cfg["device"]`` / ``cfg["threads"]`` (:func:`setup_distributed`), closed on exit."""
+    if ctx is not None:
+        yield ctx
+        return
+    ctx = setup_distributed(cfg["device"], int(cfg["threads"]))
+    try:
+        yield ctx
+    finally:
+        ctx.close()
 
 
 def setup_distributed(device: str = "auto", threads: int = 0) -> DistContext:

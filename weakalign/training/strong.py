@@ -161,13 +161,8 @@ def train_strong(cfg: dict, kind: str, *, resume: str = "never", max_steps: int 
 
         raise UserError(f"--model must be affine or tps, got {kind!r}")
     t0 = time.perf_counter()
-    own_ctx = ctx is None
-    ctx = ctx or engine.setup_distributed(cfg["device"], int(cfg["threads"]))
-    try:
+    with engine.distributed_context(cfg, ctx) as ctx:
         return _train_strong(cfg, kind, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
-    finally:
-        if own_ctx:
-            ctx.close()
 
 
 def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory, on_step, t0):

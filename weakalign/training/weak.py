@@ -293,13 +293,8 @@ def train_weak(cfg: dict, *, resume: str = "never", max_steps: int = 0, progress
                backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
     """Fine-tune the two-stage model with the soft-inlier loss; returns the metrics dict."""
     t0 = time.perf_counter()
-    own_ctx = ctx is None
-    ctx = ctx or engine.setup_distributed(cfg["device"], int(cfg["threads"]))
-    try:
+    with engine.distributed_context(cfg, ctx) as ctx:
         return _train_weak(cfg, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
-    finally:
-        if own_ctx:
-            ctx.close()
 
 
 def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0):
