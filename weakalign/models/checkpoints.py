@@ -193,14 +193,21 @@ def load_reference_state_dict(model: nn.Module, state_dict: dict, source: str = 
     model.load_state_dict(mapped, strict=False)
 
 
-def model_from_reference(ckpt: dict | str | os.PathLike, source: str | None = None) -> nn.Module:
-    """Build and load a model from a released ``.pth.tar`` (path or already-loaded dict)."""
+def load_reference_file(ckpt: dict | str | os.PathLike, source: str | None = None) -> tuple[dict, str]:
+    """A released ``.pth.tar`` (path or already-loaded dict) with a name for messages; fails
+    clearly when it has no ``state_dict``. Shared by the CNNGeometric/WeakAlign and NCNet loaders."""
     if not isinstance(ckpt, dict):
         source = source or str(ckpt)
         ckpt = safe_load(ckpt)
     source = source or "checkpoint"
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointFormatError(f"{source}: no 'state_dict' entry")
+    return ckpt, source
+
+
+def model_from_reference(ckpt: dict | str | os.PathLike, source: str | None = None) -> nn.Module:
+    """Build and load a model from a released ``.pth.tar`` (path or already-loaded dict)."""
+    ckpt, source = load_reference_file(ckpt, source)
     map_reference_keys(ckpt["state_dict"], source)  # fail on foreign keys before building anything
     kind, config = reference_config(ckpt, source)
     model = build_model(kind, config, backbone_weights="random")

@@ -36,7 +36,7 @@ import re
 import torch
 
 from ..models.backbones import list_backbones
-from ..models.checkpoints import FORMAT, CheckpointFormatError, reference_backbone_key, safe_load, save_checkpoint
+from ..models.checkpoints import FORMAT, CheckpointFormatError, load_reference_file, reference_backbone_key, safe_load, save_checkpoint
 from .model import NCNet, NCNetConfig
 
 REFERENCE_BACKBONES = {"resnet101": "resnet101", "vgg": "vgg16", "vgg16": "vgg16"}
@@ -195,12 +195,7 @@ def load_reference_ncnet_state_dict(model: NCNet, state_dict: dict, source: str 
 
 def ncnet_from_reference(ckpt, source: str | None = None, backbone_factory=None) -> NCNet:
     """Build and load an :class:`NCNet` from a released reference file (path or loaded dict)."""
-    if not isinstance(ckpt, dict):
-        source = source or str(ckpt)
-        ckpt = safe_load(ckpt)
-    source = source or "checkpoint"
-    if not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointFormatError(f"{source}: no 'state_dict' entry")
+    ckpt, source = load_reference_file(ckpt, source)
     map_reference_ncnet_keys(ckpt["state_dict"], source)  # fail on foreign keys before building anything
     config = reference_ncnet_config(ckpt, source, any_backbone=backbone_factory is not None)
     model = NCNet(config, backbone_weights="random", backbone=backbone_factory() if backbone_factory else None)

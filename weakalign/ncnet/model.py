@@ -84,17 +84,13 @@ class NCNet(nn.Module):
         """Freeze the backbone except its last ``last_blocks`` blocks (ResNet: bottlenecks,
         EfficientNet: inverted-residual blocks; the reference's ``fe_finetune_params``).
         Returns a short description of what trains."""
-        from ..training.weak import backbone_blocks
+        from ..training.weak import unfreeze_last_blocks
 
         for p in self.feature_extraction.parameters():
             p.requires_grad_(False)
         desc = ["neigh_consensus"]
         if last_blocks:
-            blocks = backbone_blocks(self.feature_extraction.backbone)
-            n = max(0, min(int(last_blocks), len(blocks)))
-            for blk in blocks[len(blocks) - n:]:
-                for p in blk.parameters():
-                    p.requires_grad_(True)
+            n = unfreeze_last_blocks(self.feature_extraction.backbone, last_blocks)
             desc.append(f"last {n} backbone block(s)")
         return desc
 

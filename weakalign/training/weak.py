@@ -173,6 +173,16 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
     return out
 
 
+def unfreeze_last_blocks(backbone: nn.Module, n: int) -> int:
+    """Make the last ``n`` of :func:`backbone_blocks` trainable; returns how many there were."""
+    blocks = backbone_blocks(backbone)
+    n = max(0, min(int(n), len(blocks)))
+    for b in blocks[len(blocks) - n:]:
+        for p in b.parameters():
+            p.requires_grad_(True)
+    return n
+
+
 def set_trainable(model, parts: str, last_blocks: int) -> list[str]:
     """requires_grad per ``train_parts``; returns a short description of what trains."""
     for p in model.parameters():
@@ -182,11 +192,7 @@ def set_trainable(model, parts: str, last_blocks: int) -> list[str]:
             p.requires_grad_(True)
     desc = ["regression", "regression2"]
     if parts == "last_blocks":
-        blocks = backbone_blocks(model.feature_extraction.backbone)
-        n = max(0, min(int(last_blocks), len(blocks)))
-        for b in blocks[len(blocks) - n:]:
-            for p in b.parameters():
-                p.requires_grad_(True)
+        n = unfreeze_last_blocks(model.feature_extraction.backbone, last_blocks)
         desc.append(f"last {n} backbone block(s)")
     elif parts == "all":
         desc.append("backbone")
