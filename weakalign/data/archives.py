@@ -5,38 +5,102 @@ rejected whole with :class:`UnsafeArchiveError`:
 
 - absolute names (``/etc/passwd``, ``C:\\x``, ``\\\\server\\share``), names with a ``..``
   component, empty names or NUL bytes ("zip-slip" / "tar-slip");
-- symbolic links whose target is absolute or resolves outside the extraction folder;
-- hard links (tar) whose target is not a regular member name inside the archive;
-- device files and FIFOs (tar).
+- **any link**: symbolic links (zip and tar) and hard links (tar). No dataset this suite uses
+  holds a link (checked: ``PF-dataset.zip``, ``101_ObjectCategories.tar.gz``), and refusing
+  them removes every link-chain attack at once (a zip chain ``a/l -> ..``, ``a/l/m -> ..``,
+  ``m/DIR/LINK``; a tar chain of symlinks longer than ``PATH_MAX`` that gets past Python's
+  ``filter="data"``, CVE-2025-4517; link-to-link; a folder reached through a link);
+- device files, FIFOs and unknown member types (tar); a file name given twice;
+- members larger than ``max_member_bytes`` or archives whose members add up to more than
+  ``max_total_bytes`` (zip / tar bombs; see :class:`ExtractLimits` for the defaults and the
+  environment variables that change them), or with more than ``max_members`` members.
 
-Links that stay inside the folder are kept. Zip symlinks are created only after every regular
-file has been written, so no write can go through a link. Tar extraction additionally uses
-Python's ``filter="data"`` (defence in depth). After extraction every created path is checked
-with ``realpath`` to lie inside the destination.
+Extraction never uses ``extractall``: folders are created one component at a time (an existing
+component that is not a real folder, e.g. a symlink left in ``dest``, stops the extraction),
+files are opened with ``O_CREAT | O_EXCL | O_NOFOLLOW`` and written in chunks whose bytes are
+counted against the same caps (a zip whose headers lie about sizes is stopped while writing).
+Permissions from the archive are ignored (files 0644, folders 0755, minus the umask). On any
+error the paths created so far are removed. After extraction every created path is checked
+with ``realpath`` to lie inside the destination (defence in depth).
 
 ``__MACOSX/`` folders and ``.DS_Store`` files (present in some official zips) are skipped.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 import stat
 import tarfile
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 SKIP_PREFIXES = ("__MACOSX/",)
 SKIP_NAMES = (".DS_Store",)
+CHUNK = 1 << 20
+
+MAX_TOTAL_ENV = "WEAKALIGN_MAX_EXTRACT_BYTES"
+MAX_MEMBER_ENV = "WEAKALIGN_MAX_MEMBER_BYTES"
+MAX_MEMBERS_ENV = "WEAKALIGN_MAX_ARCHIVE_MEMBERS"
+DEFAULT_MAX_TOTAL_BYTES = 16 << 30  # 16 GiB: Pascal VOC 2011, the largest archive, is ~2 GB
+DEFAULT_MAX_MEMBER_BYTES = 512 << 20  # 512 MiB: the largest dataset member is ~2 MB
+DEFAULT_MAX_MEMBERS = 1_000_000
 
 
 class UnsafeArchiveError(ValueError):
-    """The archive holds a member that would be written outside the destination."""
+    """The archive holds a member that would be written outside the destination (or a link,
+    device, or a member over the size caps)."""
+
+
+class ArchiveTooLargeError(UnsafeArchiveError):
+    """The archive would extract to more bytes (or members) than the caps allow."""
 
 
 class ArchiveContentError(ValueError):
     """The archive (or its extraction) does not hold what the manifest expects."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"${name} must be a positive integer (bytes), got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"${name} must be a positive integer (bytes), got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps against zip / tar bombs. ``None`` fields take the environment variable
+    (``WEAKALIGN_MAX_EXTRACT_BYTES``, ``WEAKALIGN_MAX_MEMBER_BYTES``,
+    ``WEAKALIGN_MAX_ARCHIVE_MEMBERS``) or the default (16 GiB, 512 MiB, 1,000,000)."""
+
+    max_total_bytes: int | None = None
+    max_member_bytes: int | None = None
+    max_members: int | None = None
+
+    def resolved(self) -> "ExtractLimits":
+        return ExtractLimits(
+            self.max_total_bytes or _env_int(MAX_TOTAL_ENV, DEFAULT_MAX_TOTAL_BYTES),
+            self.max_member_bytes or _env_int(MAX_MEMBER_ENV, DEFAULT_MAX_MEMBER_BYTES),
+            self.max_members or _env_int(MAX_MEMBERS_ENV, DEFAULT_MAX_MEMBERS),
+        )
+
+
+def _limits(limits: ExtractLimits | None) -> ExtractLimits:
+    return (limits or ExtractLimits()).resolved()
+
+
+def _too_large(archive, what: str, cap: int, env: str) -> ArchiveTooLargeError:
+    return ArchiveTooLargeError(
+        f"{archive}: {what}, over the cap of {cap:,} bytes (zip/tar bomb?); if the archive is "
+        f"trusted, raise the cap with ${env}")
 
 
 def _norm_member(name: str, archive) -> PurePosixPath | None:
@@ -57,36 +121,18 @@ def _norm_member(name: str, archive) -> PurePosixPath | None:
     return rel
 
 
-def _link_target_inside(member: PurePosixPath, target: str, archive) -> PurePosixPath:
-    """Lexically resolve a symlink target relative to the member's folder; must stay inside."""
-    t = target.replace("\\", "/")
-    if t.startswith("/") or (len(t) >= 2 and t[1] == ":"):
-        raise UnsafeArchiveError(f"{archive}: link {member} points to absolute path {target!r}")
-    parts = list(member.parent.parts)
-    for p in t.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not parts:
-                raise UnsafeArchiveError(
-                    f"{archive}: link {member} -> {target!r} points outside the folder"
-                )
-            parts.pop()
-        else:
-            parts.append(p)
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
 def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def _check_inside(dest: Path, created: list[Path], archive) -> None:
-    root = os.path.realpath(dest)
-    for p in created:
-        rp = os.path.realpath(p)
-        if rp != root and not rp.startswith(root + os.sep):
-            raise UnsafeArchiveError(f"{archive}: extracted path {p} resolves outside {dest}")
+def _zip_unix_type(info: zipfile.ZipInfo) -> int:
+    return stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+
+
+def _refuse_link(archive, name: str, target: str, kind: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{archive}: member {name!r} is a {kind} (-> {target!r}); archives with links are refused "
+        "(no dataset here needs them, and link chains can write outside the folder)")
 
 
 def archive_kind(path) -> str:
@@ -98,108 +144,224 @@ def archive_kind(path) -> str:
     raise ValueError(f"{path}: not a .zip or .tar[.gz] archive")
 
 
-def list_members(archive, kind: str | None = None) -> list[tuple[PurePosixPath, str]]:
-    """(relative path, type) of the members that would be extracted; type in file/dir/link.
+class _Budget:
+    """Counts members and bytes against the caps (declared sizes, then bytes written)."""
 
-    Raises UnsafeArchiveError for unsafe members, ArchiveContentError if the archive cannot be
-    read to its end (truncated or corrupt).
+    def __init__(self, archive, limits: ExtractLimits):
+        self.archive, self.limits = archive, limits
+        self.total = 0
+        self.members = 0
+
+    def member(self, name: str, size: int) -> None:
+        lim = self.limits
+        self.members += 1
+        if self.members > lim.max_members:
+            raise ArchiveTooLargeError(
+                f"{self.archive}: more than {lim.max_members:,} members (zip/tar bomb?); if the "
+                f"archive is trusted, raise the cap with ${MAX_MEMBERS_ENV}")
+        self.add(name, size, size)
+
+    def add(self, name: str, member_bytes: int, delta: int) -> None:
+        lim = self.limits
+        if member_bytes > lim.max_member_bytes:
+            raise _too_large(self.archive, f"member {name!r} expands to {member_bytes:,}+ bytes",
+                             lim.max_member_bytes, MAX_MEMBER_ENV)
+        self.total += delta
+        if self.total > lim.max_total_bytes:
+            raise _too_large(self.archive, f"members add up to {self.total:,}+ bytes",
+                             lim.max_total_bytes, MAX_TOTAL_ENV)
+
+
+def _check_entry(rel: PurePosixPath, typ: str, seen: dict[str, str], archive) -> None:
+    key = rel.as_posix()
+    prev = seen.get(key)
+    if prev is not None and not (prev == typ == "dir"):
+        raise UnsafeArchiveError(f"{archive}: member {key!r} appears twice")
+    seen[key] = typ
+    # a member below a file member ("a" is a file, then "a/b") cannot be extracted
+    for parent in rel.parents:
+        if seen.get(parent.as_posix()) == "file":
+            raise UnsafeArchiveError(f"{archive}: member {key!r} lies below the file {parent}")
+
+
+def list_members(archive, kind: str | None = None, limits: ExtractLimits | None = None,
+                 ) -> list[tuple[PurePosixPath, str]]:
+    """(relative path, type) of the members that would be extracted; type in file/dir.
+
+    Raises UnsafeArchiveError for unsafe members (links included), ArchiveTooLargeError for
+    members over the caps (declared sizes), ArchiveContentError if the archive cannot be read
+    to its end (truncated or corrupt).
     """
     archive = Path(archive)
     kind = kind or archive_kind(archive)
+    budget = _Budget(archive, _limits(limits))
     out: list[tuple[PurePosixPath, str]] = []
+    seen: dict[str, str] = {}
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
                     rel = _norm_member(info.filename, archive)
+                    if _zip_is_symlink(info):
+                        target = zf.read(info)[:200].decode("utf-8", "replace")
+                        raise _refuse_link(archive, info.filename, target, "symbolic link")
+                    utype = _zip_unix_type(info)
+                    if utype not in (0, stat.S_IFREG, stat.S_IFDIR):
+                        raise UnsafeArchiveError(
+                            f"{archive}: member {info.filename!r} is not a regular file or folder")
                     if rel is None:
                         continue
-                    if _zip_is_symlink(info):
-                        _link_target_inside(rel, zf.read(info).decode("utf-8", "replace"), archive)
-                        out.append((rel, "link"))
-                    else:
-                        out.append((rel, "dir" if info.is_dir() else "file"))
+                    typ = "dir" if info.is_dir() else "file"
+                    budget.member(info.filename, 0 if typ == "dir" else info.file_size)
+                    _check_entry(rel, typ, seen, archive)
+                    out.append((rel, typ))
         else:
             with tarfile.open(archive) as tf:
-                names = set()
                 for m in tf:  # iterating reads the whole stream: truncation shows up here
                     rel = _norm_member(m.name, archive)
-                    if rel is None:
-                        continue
+                    if m.issym():
+                        raise _refuse_link(archive, m.name, m.linkname, "symbolic link")
+                    if m.islnk():
+                        raise _refuse_link(archive, m.name, m.linkname, "hard link")
                     if m.isdev() or m.isfifo():
                         raise UnsafeArchiveError(f"{archive}: member {m.name!r} is a device/FIFO")
-                    if m.issym():
-                        _link_target_inside(rel, m.linkname, archive)
-                        out.append((rel, "link"))
-                    elif m.islnk():
-                        tgt = _norm_member(m.linkname, archive)
-                        if tgt is None or tgt.as_posix() not in names:
-                            raise UnsafeArchiveError(
-                                f"{archive}: hard link {m.name!r} -> {m.linkname!r} does not "
-                                "point to an earlier member of the archive"
-                            )
-                        out.append((rel, "file"))
-                    elif m.isdir():
-                        out.append((rel, "dir"))
-                    elif m.isfile():
-                        out.append((rel, "file"))
-                    else:
+                    if not (m.isdir() or m.isfile()):
                         raise UnsafeArchiveError(f"{archive}: member {m.name!r} has unknown type")
-                    names.add(rel.as_posix())
+                    if rel is None:
+                        continue
+                    typ = "dir" if m.isdir() else "file"
+                    budget.member(m.name, 0 if typ == "dir" else m.size)
+                    _check_entry(rel, typ, seen, archive)
+                    out.append((rel, typ))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise ArchiveContentError(f"{archive}: unreadable or truncated archive ({exc})") from exc
     return out
 
 
-def safe_extract(archive, dest, kind: str | None = None) -> list[Path]:
+class _Writer:
+    """Creates folders and files strictly inside ``root`` (a real folder), never following a
+    link, and remembers what it created so a failed extraction can be undone."""
+
+    def __init__(self, root: Path, archive, budget: _Budget):
+        self.root, self.archive, self.budget = root, archive, budget
+        self.created: list[Path] = []
+
+    def _dir(self, rel_parts: tuple[str, ...]) -> Path:
+        path = self.root
+        for part in rel_parts:
+            path = path / part
+            try:
+                os.mkdir(path, 0o755)
+                self.created.append(path)
+            except FileExistsError:
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):  # a symlink or a file: never go through it
+                    raise UnsafeArchiveError(
+                        f"{self.archive}: {path} exists and is not a real folder; "
+                        "extract into an empty folder") from None
+        return path
+
+    def mkdir(self, rel: PurePosixPath) -> None:
+        self._dir(rel.parts)
+
+    def write(self, rel: PurePosixPath, src, name: str) -> None:
+        parent = self._dir(rel.parts[:-1])
+        path = parent / rel.parts[-1]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileExistsError:
+            raise UnsafeArchiveError(f"{self.archive}: {path} already exists; extract into an "
+                                     "empty folder") from None
+        self.created.append(path)
+        written = 0
+        with os.fdopen(fd, "wb") as dst:
+            while True:
+                b = src.read(CHUNK)
+                if not b:
+                    break
+                written += len(b)
+                # bytes actually written, whatever the headers declared
+                self.budget.add(name, written, len(b))
+                dst.write(b)
+
+    def undo(self) -> None:
+        for p in reversed(self.created):
+            try:
+                if os.path.isdir(p) and not os.path.islink(p):
+                    os.rmdir(p)
+                else:
+                    os.unlink(p)
+            except OSError:
+                pass
+        self.created.clear()
+
+
+def _check_inside(dest: Path, created: list[Path], archive) -> None:
+    root = os.path.realpath(dest)
+    for p in created:
+        rp = os.path.realpath(p)
+        if rp != root and not rp.startswith(root + os.sep):
+            raise UnsafeArchiveError(f"{archive}: extracted path {p} resolves outside {dest}")
+
+
+def safe_extract(archive, dest, kind: str | None = None, limits: ExtractLimits | None = None,
+                 ) -> list[Path]:
     """Extract ``archive`` into ``dest`` (created) after validating every member.
 
-    Returns the list of created paths. Nothing is written if any member is unsafe.
+    Returns the list of created paths. Nothing is written if any member is unsafe or the
+    declared sizes exceed the caps; if a cap is exceeded while writing, what was written is
+    removed again.
     """
     archive, dest = Path(archive), Path(dest)
     kind = kind or archive_kind(archive)
-    members = list_members(archive, kind)  # raises before anything is written
+    lim = _limits(limits)
+    members = list_members(archive, kind, lim)  # raises before anything is written
     dest.mkdir(parents=True, exist_ok=True)
-    created: list[Path] = []
-    if kind == "zip":
-        links: list[tuple[Path, str]] = []
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                rel = _norm_member(info.filename, archive)
-                if rel is None:
-                    continue
-                target = dest.joinpath(*rel.parts)
-                if _zip_is_symlink(info):
-                    links.append((target, zf.read(info).decode("utf-8")))
-                    continue
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                created.append(target)
-        for target, link in links:  # after all regular files: no write goes through a link
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(link, target)
-            created.append(target)
-    else:
-        keep = {m.as_posix() for m, _ in members}
-        with tarfile.open(archive) as tf:
-            selected = []
-            for m in tf.getmembers():
-                rel = _norm_member(m.name, archive)
-                if rel is None or rel.as_posix() not in keep:
-                    continue
-                selected.append(m)
-                created.append(dest.joinpath(*rel.parts))
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            try:
-                tf.extractall(dest, members=selected, **kwargs)
-            except tarfile.FilterError as exc:  # pragma: no cover - our checks come first
-                raise UnsafeArchiveError(f"{archive}: {exc}") from exc
-    _check_inside(dest, created, archive)
-    return created
+    root = Path(os.path.realpath(dest))
+    if not root.is_dir():
+        raise UnsafeArchiveError(f"{archive}: destination {dest} is not a folder")
+    writer = _Writer(root, archive, _Budget(archive, lim))
+    keep = {m.as_posix() for m, _ in members}
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    rel = _norm_member(info.filename, archive)
+                    if rel is None or rel.as_posix() not in keep:
+                        continue
+                    if info.is_dir():
+                        writer.mkdir(rel)
+                    else:
+                        with zf.open(info) as src:
+                            writer.write(rel, src, info.filename)
+        else:
+            with tarfile.open(archive) as tf:
+                for m in tf:
+                    rel = _norm_member(m.name, archive)
+                    if rel is None or rel.as_posix() not in keep:
+                        continue
+                    if m.isdir():
+                        writer.mkdir(rel)
+                    elif m.isfile():
+                        src = tf.extractfile(m)
+                        with src:
+                            writer.write(rel, src, m.name)
+                    else:  # pragma: no cover - list_members refused it already
+                        raise UnsafeArchiveError(f"{archive}: member {m.name!r} is not a file")
+        _check_inside(root, writer.created, archive)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        writer.undo()
+        raise ArchiveContentError(f"{archive}: unreadable or corrupt archive ({exc})") from exc
+    except OSError as exc:
+        writer.undo()
+        if exc.errno == errno.ELOOP:
+            raise UnsafeArchiveError(f"{archive}: a path in {dest} is a link ({exc})") from exc
+        raise
+    except BaseException:
+        writer.undo()
+        raise
+    return [dest / p.relative_to(root) for p in writer.created]
 
 
 def count_members(members, under: tuple[str, ...] = ()) -> Counter:
