@@ -156,18 +156,19 @@ def test_unknown_checksum_verified_by_content_manifest(server, tmp_path):
     server.files["/good.zip"], server.files["/bad.zip"] = good, bad
     kw = dict(kind="zip", extract_dirs=("top",), expected={"ext:png": 4, "dirs": 2})
     ok = SourceFile(key="g", dataset="ds", filename="good.zip", url=server.url + "/good.zip", **kw)
-    res = fetch(ok, tmp_path, mirror=None, timeout=5)
-    assert res.verified_by.startswith("content manifest")
+    # no known sha256: accepted only with --trust-unverified (tests/test_security_downloads.py)
+    res = fetch(ok, tmp_path, mirror=None, timeout=5, trust_unverified=True)
+    assert "UNVERIFIED" in res.verified_by and res.verified_by.endswith("content manifest")
     assert (tmp_path / "good.zip.sha256").read_text().startswith(hashlib.sha256(good).hexdigest())
     nok = SourceFile(key="b", dataset="ds", filename="bad.zip", url=server.url + "/bad.zip", **kw)
     with pytest.raises(VerificationError, match="expected 4 ext:png, found 3"):
-        fetch(nok, tmp_path, mirror=None, timeout=5)
+        fetch(nok, tmp_path, mirror=None, timeout=5, trust_unverified=True)
     assert not (tmp_path / "bad.zip").exists()
     # truncated zip with unknown checksum: rejected by the manifest check too
     server.files["/good.zip"] = good[: len(good) // 2]
     (tmp_path / "good.zip").unlink()
     with pytest.raises(VerificationError):
-        fetch(ok, tmp_path, mirror=None, timeout=5)
+        fetch(ok, tmp_path, mirror=None, timeout=5, trust_unverified=True)
 
 
 def test_mirror_copy_and_sha256sums(tmp_path):
@@ -178,13 +179,13 @@ def test_mirror_copy_and_sha256sums(tmp_path):
     (mirror / "SHA256SUMS").write_text(f"{hashlib.sha256(data).hexdigest()}  sub/x.csv\n")
     src = SourceFile(key="x", dataset="ds", filename="x.csv", url="http://unreachable.invalid/x.csv",
                      kind="csv", mirror_names=("sub/x.csv",), expected={"rows": 1, "columns": ["a", "b"]})
-    res = fetch(src, tmp_path / "out", mirror=mirror)
+    res = fetch(src, tmp_path / "out", mirror=mirror, trust_unverified=True)
     assert res.origin.startswith("mirror:") and "SHA256SUMS" in res.verified_by
     # a damaged mirror copy is refused (SHA256SUMS mismatch)
     (mirror / "sub" / "x.csv").write_bytes(b"a,b\n1,3\n")
     (tmp_path / "out" / "x.csv").unlink()
     with pytest.raises(VerificationError, match="SHA256SUMS"):
-        fetch(src, tmp_path / "out", mirror=mirror)
+        fetch(src, tmp_path / "out", mirror=mirror, trust_unverified=True)
     # a file absent from the mirror: clear message with the official URL, no network use
     src2 = SourceFile(key="y", dataset="ds", filename="y.csv", url="http://unreachable.invalid/y.csv",
                       kind="csv")
@@ -215,7 +216,8 @@ def test_fetch_sources_reports_unavailable_without_failing_others(tmp_path):
     mirror.mkdir()
     (mirror / "a.csv").write_text("a\n1\n")
     srcs = [SourceFile(key="a", dataset="ds", filename="a.csv", url="u", kind="csv",
-                       mirror_names=("a.csv",), expected={"rows": 1}),
+                       mirror_names=("a.csv",), expected={"rows": 1},
+                       sha256=hashlib.sha256((mirror / "a.csv").read_bytes()).hexdigest()),
             SourceFile(key="b", dataset="ds", filename="b.csv", url="http://x.invalid/b.csv",
                        kind="csv")]
     st = fetch_sources(srcs, tmp_path / "data", mirror, log=lambda *a: None)

@@ -12,10 +12,14 @@ Checksums
     public copies and may differ byte-for-byte from the official archives while holding the same
     files, so they are recorded as *mirror* checksums, never as official ones.
 
-Verification order (see :func:`weakalign.data.download.verify_file`): official sha256 if
-known; else a recorded mirror sha256; else the mirror's own ``SHA256SUMS`` entry (a mismatch is
-an error); and in every case the content manifest (``expected``: counts of files in an archive,
-rows in a CSV) must hold. A file that passes none of these is never accepted.
+Verification (see :func:`weakalign.data.download.verify_file`): a file with a known checksum
+(``sha256`` or ``mirror_sha256``) must match one of them, from the mirror or the network; a
+mismatch is an error and the file is never kept. A file with neither is refused unless the user
+passes ``--trust-unverified`` (it is then checked on its content manifest alone and labelled
+UNVERIFIED in its ``.sha256`` note). The content manifest (``expected``: counts of files in an
+archive, rows in a CSV) must hold in every case. URLs use https where the host is known to
+serve it (www.di.ens.fr, www.vision.caltech.edu, raw.githubusercontent.com); the two hosts
+left on http are covered by the checksum rule above.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ class SourceFile:
         return "downloads" if self.kind in ("zip", "tar") else self.dataset
 
 
-_ENS_CNNGEO = "http://www.di.ens.fr/willow/research/cnngeometric/other_resources"
-_ENS_PF = "http://www.di.ens.fr/willow/research/proposalflow/dataset"
+_ENS_CNNGEO = "https://www.di.ens.fr/willow/research/cnngeometric/other_resources"
+_ENS_PF = "https://www.di.ens.fr/willow/research/proposalflow/dataset"
 _PF_LICENCE = "academic use; cite Ham et al., Proposal Flow (CVPR 2016 / TPAMI 2018)"
 _PF_PASCAL_KP_COLUMNS = ["source_image", "target_image", "class", "XA", "YA", "XB", "YB"]
 
@@ -167,7 +171,7 @@ _add(
 )
 
 # --- Caltech-101 ------------------------------------------------------------------------------
-_CALTECH = "http://www.vision.caltech.edu/Image_Datasets/Caltech101"
+_CALTECH = "https://www.vision.caltech.edu/Image_Datasets/Caltech101"
 _add(
     SourceFile(
         key="101_ObjectCategories.tar.gz",
@@ -207,7 +211,7 @@ _add(
         key="test_pairs_caltech_with_category.csv",
         dataset="caltech-101",
         filename="test_pairs_caltech_with_category.csv",
-        url="http://www.di.ens.fr/willow/research/weakalign/other_resources/"
+        url="https://www.di.ens.fr/willow/research/weakalign/other_resources/"
         "test_pairs_caltech_with_category.csv",
         kind="csv",
         mirror_names=(
