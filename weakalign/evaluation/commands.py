@@ -43,6 +43,8 @@ DEFAULTS = {
     "models": {"identity": {"type": "identity"}},
     "reference_checkpoints_dir": "models/reference",
     "max_pairs": 0,
+    # bootstrap intervals of every PCK and paired differences (weakalign.evaluation.stats)
+    "bootstrap": {"resamples": 2000, "seed": 0, "confidence": 0.95, "method": "bca"},
     "alphas_curve": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
 }
 KEYPOINT_BENCHMARKS = ("pf-willow", "pf-pascal")
@@ -269,12 +271,13 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
     return out, "\n".join(lines) + "\n"
 
 
-def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=None) -> tuple[dict, str, dict]:
+def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=None, bootstrap: dict | None = None) -> tuple[dict, str, dict]:
     """Metrics JSON, markdown tables and PCK-curve rows from a prediction ``status`` dict
     (as written by ``predict``); ``load_predictions(relpath)`` returns one cache and
     ``load_dataset(name)`` a dataset (only needed for the dense benchmarks, whose ground truth
-    is masks / flow fields rather than points stored in the cache)."""
-    from .metrics import finite_or_none, pck_curve, pck_table
+    is masks / flow fields rather than points stored in the cache). Keypoint benchmarks also get
+    bootstrap intervals and paired differences (``bootstrap``: the ``evaluate.bootstrap`` block)."""
+    from .metrics import finite_or_none, keypoint_uncertainty, pck_markdown, pck_table
 
     metrics, tables, curves = {}, [], {}
     for bench, st in status.items():
@@ -290,12 +293,12 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             continue
         protos = protocols_for(bench)
         metrics[bench] = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
-        rows, curve_rows = [], []
+        loaded = {}
         for name, mst in st["models"].items():
             if not mst.get("available"):
                 metrics[bench]["models"][name] = {"available": False, "reason": mst.get("reason", "")}
                 continue
-            pred = load_predictions(mst["predictions"])
+            pred = loaded[name] = load_predictions(mst["predictions"])
             entry = {}
             for kind in pred["kinds"]:
                 res = {}
@@ -306,24 +309,18 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
                         res["per_category"] = t["per_category"]
                         res["num_keypoints"] = t["result"].num_keypoints
                 entry[kind] = res
-                d = res["default"]
-                rows.append((name, kind, d.get("0.05"), d.get("0.1"), d.get("0.15"), res.get("per_keypoint", {}).get("0.1"), (res.get("image") or res.get("bbox") or {}).get("0.1")))
-                ref = protos["default"]
-                for a, v in pck_curve(pred, kind, ref.reference, ref.averaging, alphas_curve):
-                    curve_rows.append((f"{name} ({kind})", a, v))
             metrics[bench]["models"][name] = entry
             if "seconds" in mst:
                 metrics[bench].setdefault("predict_seconds", {})[name] = mst["seconds"]
-        curves[bench] = curve_rows
-        d = protos["default"]
-        alt = "image" if bench == "pf-willow" else "bbox"
-        of = f" of {st['pairs_total']}, evenly spaced: evaluate.max_pairs" if "pairs_total" in st else ""
-        lines = [f"### {bench} ({st['pairs']} pairs{of})", "", f"Default protocol: {d.describe()}.", "",
-                 f"| model | transform | PCK@0.05 | PCK@0.1 | PCK@0.15 | PCK@0.1 per keypoint | PCK@0.1 ({protos[alt].describe().split('; ')[1]}) |",
-                 "|---|---|---|---|---|---|---|"]
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        for r in rows:
-            lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(fmt(v) for v in r[2:]) + " |")
+        # bootstrap intervals (every model, kind, protocol, alpha, curve point) and paired differences
+        unc = keypoint_uncertainty(loaded, protos, alphas_curve, bootstrap)
+        for name, kinds in unc["ci"].items():
+            for kind, ci in kinds.items():
+                metrics[bench]["models"][name][kind]["ci"] = ci
+        metrics[bench]["bootstrap"] = unc["bootstrap"]
+        metrics[bench]["differences"] = unc["differences"]
+        curves[bench] = [(f"{name} ({kind})", *row) for name, kinds in unc["curves"].items() for kind, rows in kinds.items() for row in rows]
+        lines = pck_markdown(bench, metrics[bench], protos).rstrip("\n").split("\n")
         tables.append("\n".join(lines) + "\n")
     return metrics, "\n".join(tables), curves
 
@@ -332,7 +329,7 @@ def write_metrics(metrics: dict, tables: str, curves: dict, metrics_path: Path, 
     from ..data.atomic import write_csv, write_json, write_text
 
     for bench, rows in curves.items():
-        write_csv(plots_dir / f"pck_curve_{bench}.csv", ["model", "alpha", "pck"], rows)
+        write_csv(plots_dir / f"pck_curve_{bench}.csv", ["model", "alpha", "pck", "low", "high"], rows)
     write_json(metrics_path, metrics)
     write_text(tables_dir / "pck.md", tables)
 
@@ -354,7 +351,8 @@ def _metrics(args) -> int:
     from ..data.registry import get_dataset
 
     metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"],
-                                              load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg["max_pairs"]))
+                                              load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg["max_pairs"]),
+                                              bootstrap=cfg["bootstrap"])
     write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
     print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
           f"{time.time() - t0:.1f}s -> {cfg['metrics']}")
