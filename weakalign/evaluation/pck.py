@@ -3,26 +3,47 @@
 Keypoints of the **target** image are transferred to the **source** image by the estimated
 transformation and compared with the source annotations. A keypoint is correct when
 ``distance <= alpha * L``. Protocols differ in the reference length ``L``, the coordinate frame
-and the averaging; a :class:`PCKProtocol` names all three and is stored next to every number.
+in which keypoints are transferred and measured, and the averaging; a :class:`PCKProtocol`
+names all three and is stored next to every number.
 
 Reference lengths (``reference=``):
 
 ``"bbox"``
     ``max(w, h)`` of the bounding box of the source keypoints (PF-WILLOW protocol of the
-    reference code, ``max(point_A.max - point_A.min)``).
+    reference code, ``max(point_A.max - point_A.min)``). Transfer in the original images.
 ``"image_224"``
-    both images are (conceptually) resized to 224 x 224: source and transferred points are
-    rescaled per axis into that frame and ``L = 224`` (PF-PASCAL protocol of the camera-ready
-    paper, "scnet" in the reference code).
+    the **PF-PASCAL protocol of the original code** (``pck_procedure='scnet'`` of
+    ``PFPascalDataset``, ignacio-rocco/weakalign ``data/pf_dataset.py`` lines 143-154, and
+    ignacio-rocco/ncnet ``lib/pf_dataset.py`` lines 101-112, which ``eval_pf_pascal.py`` line 50
+    selects), in the original's order of operations:
+
+    1. the 1-based keypoints of both images are rescaled per axis into a 224 x 224 frame,
+       ``x' = x * 224 / w``, ``y' = y * 224 / h`` (no origin shift; padding stays -1);
+    2. the target keypoints are transferred **in that frame**, i.e. normalised and
+       de-normalised with image size 224 x 224 (``(x' - 1 - 111.5) / 111.5``);
+    3. the distance to the rescaled source keypoints is compared with ``alpha * 224``.
+
+    The transfer itself happens in the prediction step (:data:`FRAME_224`,
+    :func:`weakalign.evaluation.transfer.transfer_keypoints` with ``frame=FRAME_224``), which
+    stores the result in source pixels (``x = x' * w / 224``); :func:`normalized_errors` then
+    rescales source and transferred points per axis into the frame and divides by 224.
+    Transferring in the original images and only rescaling the errors (this module's protocol
+    before issue 19) is a different protocol: keypoint errors differ by up to ~1 px in the
+    224 frame, and it is not offered.
 ``"image"``
-    the longer side of the source image, ``max(h, w)``.
+    the longer side of the source image, ``max(h, w)``. Transfer in the original images.
 ``"object_bbox"``
     ``max(w, h)`` of a given object box ``[x0, y0, x1, y1]`` in source pixels.
 
 Averaging: ``"per_pair"`` (mean over a pair's keypoints, then over pairs: the paper's) or
-``"per_keypoint"`` (all keypoints pooled). Keypoints whose source or target coordinate is -1 or
-NaN (padding, missing annotations) are excluded, never counted; a pair with no valid keypoint is
-excluded from the per-pair mean and counted in ``pairs_without_keypoints``.
+``"per_keypoint"`` (all keypoints pooled).
+
+Which keypoints count: a keypoint whose source or target **annotation** is -1 or NaN (padding,
+missing annotation) is excluded, never counted; a pair with no such keypoint is excluded from
+the per-pair mean and counted in ``pairs_without_keypoints``. A keypoint that is annotated but
+whose **predicted** (transferred) position is not finite (NaN or inf: a failed model) counts as
+**wrong** in every protocol: its normalised error is ``+inf``. :func:`nonfinite_predictions`
+counts them, so that reports can warn.
 """
 
 from __future__ import annotations
@@ -33,6 +54,18 @@ import torch
 
 REFERENCES = ("bbox", "image_224", "image", "object_bbox")
 AVERAGING = ("per_pair", "per_keypoint")
+
+#: (h, w) of the frame in which the PF-PASCAL protocol (``"image_224"``) transfers and measures.
+FRAME_224 = (224, 224)
+#: frame each reference transfers in; ``None`` = the original images.
+TRANSFER_FRAMES = {"bbox": None, "image_224": FRAME_224, "image": None, "object_bbox": None}
+
+_DESCRIPTIONS = {
+    "bbox": "L = max side of source keypoint bbox",
+    "image_224": "keypoints rescaled to 224x224 then transferred there (original PF-PASCAL procedure), L = 224",
+    "image": "L = longer side of source image",
+    "object_bbox": "L = max side of object box",
+}
 
 
 @dataclass(frozen=True)
@@ -50,9 +83,13 @@ class PCKProtocol:
             raise ValueError(f"alphas must be positive, got {self.alphas}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
 
+    @property
+    def transfer_frame(self) -> tuple[int, int] | None:
+        """(h, w) of the frame the keypoints must be transferred in, ``None`` = original images."""
+        return TRANSFER_FRAMES[self.reference]
+
     def describe(self) -> str:
-        ref = {"bbox": "L = max side of source keypoint bbox", "image_224": "images resized to 224x224, L = 224",
-               "image": "L = longer side of source image", "object_bbox": "L = max side of object box"}[self.reference]
+        ref = _DESCRIPTIONS[self.reference]
         return f"PCK@{','.join(f'{a:g}' for a in self.alphas)}; {ref}; averaged {self.averaging.replace('_', ' ')}"
 
     def to_dict(self) -> dict:
@@ -69,6 +106,43 @@ def valid_keypoints(source_points: torch.Tensor, target_points: torch.Tensor) ->
     return ok(source_points) & ok(target_points)
 
 
+def _wh(size, frame, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B x 2 x 1`` (w, h) of images of ``size`` ((h, w) or ``B x 2``) and of ``frame``."""
+    s = torch.as_tensor(size, dtype=like.dtype, device=like.device)
+    s = s.reshape(1, 2).expand(like.shape[0], 2) if s.dim() == 1 else s.reshape(like.shape[0], 2)
+    f = torch.tensor((float(frame[1]), float(frame[0])), dtype=like.dtype, device=like.device)
+    return s.flip(1).unsqueeze(-1), f.reshape(1, 2, 1)
+
+
+def rescale(points: torch.Tensor, size, frame=FRAME_224) -> torch.Tensor:
+    """Every point of images of ``size`` (h, w) rescaled per axis into ``frame`` (h, w)."""
+    wh, f = _wh(size, frame, points)
+    return points * f / wh
+
+
+def _padding(points: torch.Tensor) -> torch.Tensor:
+    return (points == -1).all(1, keepdim=True)
+
+
+def to_frame(points: torch.Tensor, size, frame=FRAME_224) -> torch.Tensor:
+    """Pixel keypoints (``B x 2 x N``, 1-based as annotated) of images of ``size`` -> the
+    ``frame`` ((h, w)): ``x * frame_w / w``, ``y * frame_h / h``, exactly as the original
+    ``PFPascalDataset`` does (no origin shift). Padding (-1, -1) stays -1."""
+    return torch.where(_padding(points), points, rescale(points, size, frame))
+
+
+def from_frame(points: torch.Tensor, size, frame=FRAME_224) -> torch.Tensor:
+    """Inverse of :func:`to_frame`: points of ``frame`` -> pixels of images of ``size``."""
+    wh, f = _wh(size, frame, points)
+    return torch.where(_padding(points), points, points * wh / f)
+
+
+def nonfinite_predictions(source_points: torch.Tensor, target_points: torch.Tensor, warped_points: torch.Tensor) -> torch.Tensor:
+    """``B`` counts of keypoints annotated in both images whose prediction is NaN or inf."""
+    bad = valid_keypoints(source_points, target_points) & ~torch.isfinite(warped_points).all(1)
+    return bad.sum(1)
+
+
 def normalized_errors(
     source_points: torch.Tensor,
     warped_points: torch.Tensor,
@@ -77,18 +151,21 @@ def normalized_errors(
     source_size: torch.Tensor | None = None,
     object_bbox: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Distances divided by ``L`` (``B x N``; NaN where not valid). Points are ``B x 2 x N``
-    source-image pixels; ``source_size`` is ``B x 2`` (h, w); ``object_bbox`` ``B x 4``."""
+    """Distances divided by ``L`` (``B x N``): NaN where not ``valid`` (excluded), ``+inf`` where
+    valid but the prediction is not finite (counted wrong). Points are ``B x 2 x N`` source-image
+    pixels; ``source_size`` is ``B x 2`` (h, w); ``object_bbox`` ``B x 4``.
+
+    ``"image_224"``: ``warped_points`` must come from a transfer made in the 224 x 224 frame
+    (``transfer_keypoints(..., frame=FRAME_224)``, as the prediction step does for PF-PASCAL);
+    both point sets are rescaled into the frame here (:func:`rescale`) and ``L = 224``."""
     src = source_points.double()
     wrp = warped_points.double()
     b = src.shape[0]
     if protocol.reference == "image_224":
         if source_size is None:
             raise ValueError("protocol 'image_224' needs source_size (h, w)")
-        s = torch.as_tensor(source_size, dtype=torch.float64).reshape(b, 2)
-        scale = torch.stack((224.0 / s[:, 1], 224.0 / s[:, 0]), 1).unsqueeze(-1)
-        src, wrp = src * scale, wrp * scale
-        length = torch.full((b,), 224.0, dtype=torch.float64)
+        src, wrp = rescale(src, source_size, FRAME_224), rescale(wrp, source_size, FRAME_224)
+        length = torch.full((b,), float(FRAME_224[1]), dtype=torch.float64)
     elif protocol.reference == "bbox":
         inf = torch.tensor(float("inf"), dtype=torch.float64)
         m = valid.unsqueeze(1)
@@ -106,6 +183,7 @@ def normalized_errors(
         length = torch.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
     dist = torch.linalg.vector_norm(src - wrp, dim=1)
     err = dist / length.to(dist.device).unsqueeze(-1)
+    err = torch.where(torch.isfinite(wrp).all(1), err, torch.full_like(err, float("inf")))
     return torch.where(valid, err, torch.full_like(err, float("nan")))
 
 
@@ -129,7 +207,8 @@ class PCKResult:
 
 
 def pck_from_errors(errors: torch.Tensor, protocol: PCKProtocol) -> PCKResult:
-    """PCK for every alpha of ``protocol`` from ``B x N`` normalised errors (NaN = excluded)."""
+    """PCK for every alpha of ``protocol`` from ``B x N`` normalised errors (NaN = excluded,
+    ``+inf`` = wrong)."""
     valid = ~torch.isnan(errors)
     n_valid = valid.sum(1)
     has_kp = n_valid > 0

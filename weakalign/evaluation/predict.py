@@ -13,6 +13,13 @@ Predictions are a dict of tensors and lists (``torch.save``-able, loadable with
 ``weights_only=True``): per pair the estimated parameters, the transferred target keypoints in
 source pixels for every transform kind the model provides, the annotations and image sizes.
 Metrics are computed from this cache only (:mod:`weakalign.evaluation.metrics`).
+
+Transferred keypoints are always in source pixels, but *where* the transfer is made follows the
+benchmark's default PCK protocol (:func:`transfer_frame_for`): in the original images, or, for
+PF-PASCAL (``image_224``), in the 224 x 224 frame of the original evaluation code (keypoints
+rescaled first, transferred there; :func:`weakalign.evaluation.transfer.transfer_in_frame`).
+The cache records it as ``transfer_frame`` (``None`` or ``[224, 224]``), and
+:func:`check_transfer_frame` refuses to score a protocol on a cache made in another frame.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import load_image, to_tensor
 from ..geometry import affine_identity, tps_identity
+from .pck import TRANSFER_FRAMES, PCKProtocol
 from .transfer import transfer_keypoints
 
 
@@ -90,6 +98,28 @@ def _points(recs, attr, n_max):
     return out
 
 
+def transfer_frame_for(dataset) -> tuple[int, int] | None:
+    """Frame the dataset's keypoints are transferred in: that of its default PCK protocol
+    (``dataset.pck_protocol["reference"]``; PF-PASCAL: 224 x 224), ``None`` = original images."""
+    ref = (getattr(dataset, "pck_protocol", None) or {}).get("reference")
+    return TRANSFER_FRAMES.get(ref) if isinstance(ref, str) else None
+
+
+def check_transfer_frame(predictions: dict, protocol: PCKProtocol) -> None:
+    """Raise ``ValueError`` if ``protocol`` needs keypoints transferred in a frame other than the
+    one the cache was made in (e.g. PF-PASCAL's ``image_224`` on a cache from before issue 19,
+    which transferred in the original images)."""
+    need = protocol.transfer_frame
+    if need is None:
+        return
+    have = predictions.get("transfer_frame")
+    if have is None or tuple(int(v) for v in have) != tuple(need):
+        raise ValueError(f"PCK protocol {protocol.reference!r} needs keypoints transferred in the {need[0]}x{need[1]} frame, "
+                         f"but the {predictions.get('dataset', '?')} predictions were transferred in "
+                         f"{'the original images' if have is None else f'a {have[0]}x{have[1]} frame'}: "
+                         "re-run `weakalign evaluate predict`")
+
+
 def has_keypoints(recs) -> bool:
     """Keypoint benchmarks (PF-WILLOW, PF-PASCAL) and Caltech-101 (its polygons, transferred
     like keypoints) carry points; TSS (dense flow ground truth) does not."""
@@ -104,6 +134,7 @@ def _empty_predictions(recs, dataset, kinds):
         "target_path": [str(r.target) for r in recs],
         "category": [str(r.category) for r in recs],
         "flip": [int(getattr(r, "flip", 0)) for r in recs],
+        "transfer_frame": (lambda f: None if f is None else list(f))(transfer_frame_for(dataset)),
     }
     if has_keypoints(recs):
         n_max = max(r.source_points.shape[1] for r in recs)
@@ -123,7 +154,9 @@ def _finish(pred, theta_aff, theta_tps, sizes_src, sizes_tgt, kinds):
             k, ta, tt = "affine", affine_identity(len(sizes_src)), None
         else:
             k, ta, tt = kind, theta_aff, theta_tps
-        pred["transferred"][kind] = transfer_keypoints(k, pred["target_points"], sizes_tgt, sizes_src, ta, tt)
+        frame = pred.get("transfer_frame")
+        pred["transferred"][kind] = transfer_keypoints(k, pred["target_points"], sizes_tgt, sizes_src, ta, tt,
+                                                       frame=None if frame is None else tuple(frame))
     return pred
 
 

@@ -151,12 +151,19 @@ def transfer_points(corr: torch.Tensor, points: torch.Tensor, direction: str = "
 
 def transfer_keypoints_ncnet(corr: torch.Tensor, target_points: torch.Tensor, target_size, source_size,
                              origin: float = 1.0, interpolation: str = "bilinear", method: str = "argmax",
-                             beta: float = 1.0) -> torch.Tensor:
+                             beta: float = 1.0, frame: tuple[int, int] | None = None) -> torch.Tensor:
     """Target keypoints in target pixels (``B x 2 x N``, ``origin``-based, of the *original*
     image sizes (h, w) or ``B x 2``) -> their positions in source pixels.
 
-    The same convention as :func:`weakalign.evaluation.transfer.transfer_keypoints`; padded
+    The same convention as :func:`weakalign.evaluation.transfer.transfer_keypoints`, including
+    ``frame`` (``FRAME_224`` = the PF-PASCAL protocol of the reference's ``eval_pf_pascal.py``:
+    keypoints rescaled to 224 x 224 first and transferred with image size 224); padded
     keypoints (-1) come out as garbage and are excluded by the PCK's validity mask."""
-    p = pixel_to_normalized(target_points.to(corr.dtype), target_size, origin)
-    q = transfer_points(corr, p, "target_to_source", interpolation, True, method, beta)
-    return normalized_to_pixel(q, source_size, origin)
+    from ..evaluation.transfer import transfer_in_frame
+
+    def move(points, t_size, s_size):
+        p = pixel_to_normalized(points, t_size, origin)
+        q = transfer_points(corr, p, "target_to_source", interpolation, True, method, beta)
+        return normalized_to_pixel(q, s_size, origin)
+
+    return transfer_in_frame(move, target_points.to(corr.dtype), target_size, source_size, frame)

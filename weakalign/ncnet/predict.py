@@ -5,10 +5,13 @@ Every distinct image is loaded, resized to ``image_size`` and passed through the
 **once** (PF-WILLOW: 100 images for 900 pairs); pairs are then batched through correlation and
 consensus on the cached features. The transferred points are the target keypoints expressed in
 source pixels (:func:`weakalign.ncnet.matches.transfer_keypoints_ncnet`: reference evaluation
-settings -- softmax scores, argmax target -> source match per cell, bilinear interpolation).
+settings -- softmax scores, argmax target -> source match per cell, bilinear interpolation), made
+in the frame of the benchmark's PCK protocol as for CNNGeometric models
+(:func:`weakalign.evaluation.predict.transfer_frame_for`: PF-PASCAL in the 224 x 224 frame of the
+reference's ``eval_pf_pascal.py``, keypoints rescaled first; ``transfer_frame`` in the cache).
 
 The predictions dict: ``dataset``, ``kinds`` (``["ncnet"]``), ``source_path``, ``target_path``,
-``category``, ``flip``, ``source_points`` / ``target_points`` (keypoint benchmarks),
+``category``, ``flip``, ``transfer_frame``, ``source_points`` / ``target_points`` (keypoint benchmarks),
 ``source_size`` / ``target_size`` (``B x 2`` original (h, w)), ``theta_aff`` = ``theta_tps`` =
 ``None`` (NCNet estimates no parametric transformation), ``transferred`` =
 ``{"ncnet": B x 2 x N}`` (empty without keypoints) and ``seconds``.
@@ -86,13 +89,14 @@ def _predict(model, dataset, batch_size, device, progress, image_size, optimize,
     pred["theta_aff"], pred["theta_tps"] = None, None
     pred["transferred"] = {}
     if "target_points" in pred:
+        frame = None if pred.get("transfer_frame") is None else tuple(pred["transfer_frame"])
         out = torch.empty_like(pred["target_points"])
         for i in tqdm(range(0, len(recs), batch_size), desc=f"pairs ({dataset.name}, ncnet)", disable=not progress, leave=False):
             s, t = src_idx[i:i + batch_size], tgt_idx[i:i + batch_size]
             corr = model.forward_features(feats[s.to(feats.device)], feats[t.to(feats.device)])
             pts = pred["target_points"][i:i + len(s)].to(device)
             out[i:i + len(s)] = transfer_keypoints_ncnet(corr, pts, tgt_size[i:i + len(s)], src_size[i:i + len(s)],
-                                                         interpolation=interpolation).cpu()
+                                                         interpolation=interpolation, frame=frame).cpu()
         pred["transferred"][KIND] = out
     pred["seconds"] = time.perf_counter() - t0
     return pred
