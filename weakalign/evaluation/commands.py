@@ -278,6 +278,8 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
     is masks / flow fields rather than points stored in the cache). Keypoint benchmarks also get
     bootstrap intervals and paired differences (``bootstrap``: the ``evaluate.bootstrap`` block)."""
     from .metrics import finite_or_none, keypoint_uncertainty, pck_markdown, pck_table
+    from .pck import nonfinite_predictions
+    from .predict import check_transfer_frame
 
     metrics, tables, curves = {}, [], {}
     for bench, st in status.items():
@@ -293,7 +295,7 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             continue
         protos = protocols_for(bench)
         metrics[bench] = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
-        loaded = {}
+        nonfinite, loaded = {}, {}
         for name, mst in st["models"].items():
             if not mst.get("available"):
                 metrics[bench]["models"][name] = {"available": False, "reason": mst.get("reason", "")}
@@ -301,8 +303,12 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             pred = loaded[name] = load_predictions(mst["predictions"])
             entry = {}
             for kind in pred["kinds"]:
-                res = {}
+                # annotated keypoints whose prediction is NaN/inf: counted wrong by the PCK, reported here
+                res = {"nonfinite_predictions": int(nonfinite_predictions(pred["source_points"], pred["target_points"], pred["transferred"][kind]).sum())}
+                if res["nonfinite_predictions"]:
+                    nonfinite[f"{name} ({kind})"] = res["nonfinite_predictions"]
                 for pname, proto in protos.items():
+                    check_transfer_frame(pred, proto)
                     t = pck_table(pred, proto, kind)
                     res[pname] = {f"{a:g}": finite_or_none(v) for a, v in t["result"].pck.items()}
                     if pname == "default":
@@ -312,6 +318,7 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             metrics[bench]["models"][name] = entry
             if "seconds" in mst:
                 metrics[bench].setdefault("predict_seconds", {})[name] = mst["seconds"]
+        metrics[bench]["nonfinite_predictions"] = sum(nonfinite.values())
         # bootstrap intervals (every model, kind, protocol, alpha, curve point) and paired differences
         unc = keypoint_uncertainty(loaded, protos, alphas_curve, bootstrap)
         for name, kinds in unc["ci"].items():
@@ -321,6 +328,9 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
         metrics[bench]["differences"] = unc["differences"]
         curves[bench] = [(f"{name} ({kind})", *row) for name, kinds in unc["curves"].items() for kind, rows in kinds.items() for row in rows]
         lines = pck_markdown(bench, metrics[bench], protos).rstrip("\n").split("\n")
+        if nonfinite:
+            lines += ["", f"**Warning:** {sum(nonfinite.values())} predicted keypoint position(s) were not finite (NaN/inf) and are "
+                      "counted as wrong: " + ", ".join(f"{k} {v}" for k, v in nonfinite.items()) + "."]
         tables.append("\n".join(lines) + "\n")
     return metrics, "\n".join(tables), curves
 
@@ -354,6 +364,10 @@ def _metrics(args) -> int:
                                               load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg["max_pairs"]),
                                               bootstrap=cfg["bootstrap"])
     write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
+    for bench, m in metrics.items():
+        if m.get("nonfinite_predictions"):
+            print(f"warning: {bench}: {m['nonfinite_predictions']} non-finite predicted keypoint(s), counted as wrong "
+                  f"(see {cfg['tables_dir']}/pck.md)")
     print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
           f"{time.time() - t0:.1f}s -> {cfg['metrics']}")
     return 0
