@@ -58,8 +58,9 @@ AFFINE = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.5, -0.1])
 AFFINE_EXPECTED = {1: (1 / 3, 2 / 3, 1.0)}
 
 
-@pytest.fixture
-def pf_pascal(tmp_path):
+def write_fixture(tmp_path) -> PFPascalDataset:
+    """The PF-PASCAL-format CSV and images under ``tmp_path/pf-pascal`` (also used by
+    ``test_pf_pascal_reference.py``)."""
     rng = np.random.default_rng(0)
     img_dir = tmp_path / "pf-pascal" / "PF-dataset-PASCAL" / "JPEGImages"
     img_dir.mkdir(parents=True)
@@ -71,6 +72,11 @@ def pf_pascal(tmp_path):
     csv = tmp_path / "pf-pascal" / "test_pairs_pf_pascal.csv"
     csv.write_text("\n".join(lines) + "\n")
     return PFPascalDataset(root=tmp_path, csv=csv)
+
+
+@pytest.fixture
+def pf_pascal(tmp_path):
+    return write_fixture(tmp_path)
 
 
 def per_pair(pred, kind, protocol=PROTOCOL):
