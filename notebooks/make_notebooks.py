@@ -30,8 +30,10 @@ NOTEBOOKS = {
         "# PCK tables: this repository vs the published numbers\n\n"
         "Every number below comes from `reports/metrics/pck.json` (written by `weakalign evaluate metrics` "
         "from cached predictions) or from `weakalign/evaluation/paper_results.yaml` (published numbers, each "
-        "with its source). The protocol of each row is in its `note` column.",
-        'metrics_path = "reports/metrics/pck.json"\nout_dir = "reports/tables"\nbenchmarks = ["pf-willow", "pf-pascal"]',
+        "with its source). The protocol of each row is in its `note` column. Brackets: 95% bootstrap confidence "
+        "interval over image pairs (settings in `pck.json` under `bootstrap`); published rows have none.",
+        'metrics_path = "reports/metrics/pck.json"\nout_dir = "reports/tables"\nfigures_dir = "reports/figures"\n'
+        'benchmarks = ["pf-willow", "pf-pascal"]\nmethods_benchmark = "pf-willow"',
         [
             "from pathlib import Path\nfrom IPython.display import Markdown, display\nfrom weakalign import reports",
             "for bench in benchmarks:\n"
@@ -40,23 +42,52 @@ NOTEBOOKS = {
             "    Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
             "    (Path(out_dir) / f'pck_vs_paper_{bench}.md').write_text(md)\n"
             "    display(Markdown(md))",
+            "#md ## The methods side by side\n\n"
+            "CNNGeometric (strong supervision only), WeakAlign (the same, then weakly fine-tuned with the soft-inlier "
+            "count) and NCNet (neighbourhood consensus, weak supervision only) on the same backbone, training pairs and "
+            "PCK protocol. Training time adds up the stages each method needs (`reports/metrics/train_*.json`, "
+            "`seconds`); evaluation time is `evaluate predict` over every pair. Both measured by the pipeline on this "
+            "machine. Error bars: 95% bootstrap confidence intervals over pairs.",
+            "import matplotlib\nmatplotlib.use('Agg')\n"
+            "metrics_dir = Path(metrics_path).parent\n"
+            "methods = reports.methods_frame(metrics_dir, methods_benchmark)\n"
+            "md = f'## Methods on {methods_benchmark}\\n\\n' + reports.to_markdown(methods, floatfmt='.3g')\n"
+            "(Path(out_dir) / f'methods_{methods_benchmark}.md').write_text(md)\n"
+            "display(Markdown(md))\n"
+            "fig = reports.methods_figure(methods, methods_benchmark)\n"
+            "reports.save_figure(fig, Path(figures_dir) / f'methods_{methods_benchmark}.png')",
         ],
     ),
     "02_inlier_mask_ablation.ipynb": notebook(
         "# Ablation: the inlier mask\n\n"
         "The weakly-supervised fine-tuning maximises a soft-inlier count. These rows compare variants that differ "
         "only in the mask (no mask, tolerance 0/1/2 cells) and in which parts of the network are trained, on the "
-        "same benchmark and protocol.",
+        "same benchmark and protocol. Brackets and error bars: 95% bootstrap confidence intervals over image pairs; "
+        "the paired differences below resample the same pairs for both models, so they are much tighter than the "
+        "two separate intervals suggest.",
         'metrics_path = "reports/metrics/pck.json"\nbenchmark = "pf-willow"\nout_dir = "reports/figures"',
         [
-            "import matplotlib.pyplot as plt\nimport seaborn as sns\nfrom IPython.display import Markdown, display\nfrom weakalign import reports",
+            "import json\nfrom pathlib import Path\nimport matplotlib\nmatplotlib.use('Agg')\n"
+            "from IPython.display import Markdown, display\nfrom weakalign import reports",
             "df = reports.pck_frame(metrics_path, benchmark)\n"
             "df = df[df['transform'].isin(['affine+TPS', 'identity'])]\n"
             "display(Markdown(reports.to_markdown(df)))",
+            "#md ## Paired differences\n\n"
+            "Mean over pairs of (PCK of a - PCK of b), with a paired-bootstrap interval; `*` marks an interval that "
+            "excludes 0. The same table is in the README and in `reports/tables/pck.md` (all alphas).",
+            "display(Markdown(reports.differences_markdown(metrics_path, benchmark)))",
+            "#md ## Training seeds\n\n"
+            "The intervals above are over evaluation pairs for one training run. `weakalign seeds` (not part of "
+            "`dvc repro`: about 14 CPU-minutes per seed) retrains the fine-tuning and its ablations with several seeds "
+            "and reports mean ± standard deviation over seeds beside each run's interval.",
+            "seeds_path = Path(metrics_path).parent / 'seeds.json'\n"
+            "if seeds_path.is_file():\n"
+            "    from weakalign.seeds import seeds_markdown\n"
+            "    display(Markdown(seeds_markdown(json.loads(seeds_path.read_text()))))\n"
+            "else:\n"
+            "    print(f'{seeds_path} not found: run `weakalign seeds` (see weakalign/seeds.py)')",
             "if df['PCK'].notna().any():\n"
-            "    fig, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1))\n"
-            "    sns.barplot(data=df, y='model', x='PCK', ax=ax, color='tab:blue')\n"
-            "    ax.set_xlabel(f'PCK@0.1 on {benchmark} (default protocol)'); ax.set_ylabel('')\n"
+            "    fig = reports.ablation_figure(df, benchmark)\n"
             "    reports.save_figure(fig, f'{out_dir}/ablation_{benchmark}.png')",
         ],
     ),
@@ -75,10 +106,13 @@ NOTEBOOKS = {
         ],
     ),
     "04_per_category_and_curves.ipynb": notebook(
-        "# Per-category PCK and PCK-vs-alpha curves",
+        "# Per-category PCK and PCK-vs-alpha curves\n\n"
+        "Curve bands: 95% bootstrap confidence intervals over image pairs (`reports/plots/pck_curve_<benchmark>.csv`, "
+        "columns `low` / `high`).",
         'metrics_path = "reports/metrics/pck.json"\nplots_dir = "reports/plots"\nbenchmark = "pf-willow"\nout_dir = "reports/figures"',
         [
-            "import pandas as pd\nimport matplotlib.pyplot as plt\nimport seaborn as sns\nfrom pathlib import Path\nfrom weakalign import reports",
+            "import pandas as pd\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport seaborn as sns\n"
+            "from pathlib import Path\nfrom weakalign import reports",
             "cat = reports.per_category_frame(metrics_path, benchmark)\n"
             "if len(cat):\n"
             "    pivot = cat.pivot(index='category', columns='model', values='PCK')\n"
@@ -88,10 +122,7 @@ NOTEBOOKS = {
             "    reports.save_figure(fig, f'{out_dir}/per_category_{benchmark}.png')",
             "curve = Path(plots_dir) / f'pck_curve_{benchmark}.csv'\n"
             "if curve.is_file():\n"
-            "    df = pd.read_csv(curve)\n"
-            "    fig, ax = plt.subplots(figsize=(7, 4.5))\n"
-            "    sns.lineplot(data=df, x='alpha', y='pck', hue='model', marker='o', ax=ax)\n"
-            "    ax.set_xlabel('alpha'); ax.set_ylabel('PCK'); ax.set_ylim(0, 1); ax.grid(alpha=0.3)\n"
+            "    fig = reports.curve_figure(pd.read_csv(curve), benchmark)\n"
             "    reports.save_figure(fig, f'{out_dir}/pck_curve_{benchmark}.png')",
         ],
     ),

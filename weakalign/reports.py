@@ -3,6 +3,10 @@
 Everything reads files the pipeline wrote (``reports/metrics/*.json``, ``reports/plots/*.csv``,
 ``weakalign/evaluation/paper_results.yaml``); nothing here runs a model except
 :func:`qualitative_figure`, which re-aligns a handful of pairs for pictures.
+
+Uncertainty: a frame column ``X`` may come with ``X low`` / ``X high`` (the bootstrap interval
+from ``pck.json``, :mod:`weakalign.evaluation.stats`); :func:`to_markdown` prints them as
+``0.496 [0.478, 0.514]`` and the figures draw them as error bars / bands.
 """
 
 from __future__ import annotations
@@ -30,22 +34,30 @@ def paper_results() -> list[dict]:
     return yaml.safe_load(resources.files("weakalign.evaluation").joinpath("paper_results.yaml").read_text())
 
 
+def _ci(res: dict, protocol: str, alpha: str) -> tuple:
+    c = (res.get("ci") or {}).get(protocol, {}).get(alpha) or {}
+    return c.get("low"), c.get("high")
+
+
 def pck_frame(metrics_path: str | Path, benchmark: str, protocol: str = "default", alpha: str = "0.1") -> pd.DataFrame:
-    """One row per (model, transform) from ``pck.json``: this repository's numbers."""
+    """One row per (model, transform) from ``pck.json``: this repository's numbers, with the
+    bootstrap interval in ``PCK low`` / ``PCK high`` (empty when ``pck.json`` has none)."""
     m = json.loads(Path(metrics_path).read_text())
     b = m.get(benchmark, {})
     if not b.get("available"):
-        return pd.DataFrame([{"source": "this repo", "model": "—", "transform": "—", "PCK": None,
+        return pd.DataFrame([{"source": "this repo", "model": "—", "transform": "—", "PCK": None, "PCK low": None, "PCK high": None,
                               "note": f"not available: {b.get('reason', 'not evaluated')[:200]}"}])
     desc = b["protocols"][protocol]["description"]
     rows = []
     for model, kinds in b["models"].items():
         if kinds.get("available") is False:
-            rows.append({"source": "this repo", "model": model, "transform": "—", "PCK": None, "note": "not available"})
+            rows.append({"source": "this repo", "model": model, "transform": "—", "PCK": None, "PCK low": None, "PCK high": None,
+                         "note": "not available"})
             continue
         for kind, res in kinds.items():
+            lo, hi = _ci(res, protocol, alpha)
             rows.append({"source": "this repo", "model": model, "transform": KIND_LABEL.get(kind, kind),
-                         "PCK": res.get(protocol, {}).get(alpha), "note": desc})
+                         "PCK": res.get(protocol, {}).get(alpha), "PCK low": lo, "PCK high": hi, "note": desc})
     return pd.DataFrame(rows)
 
 
@@ -76,17 +88,117 @@ def comparison_table(metrics_path, benchmark: str) -> pd.DataFrame:
     return pd.concat([paper_frame(benchmark), pck_frame(metrics_path, benchmark)], ignore_index=True)
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+def ci_columns(df: pd.DataFrame) -> list[str]:
+    """Columns ``X`` of ``df`` that come with ``X low`` and ``X high`` (an interval)."""
+    return [c for c in df.columns if f"{c} low" in df.columns and f"{c} high" in df.columns]
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f", ci_label: str = "95% CI") -> str:
+    """Markdown table. A column ``X`` with ``X low`` / ``X high`` becomes one column
+    ``X [95% CI]`` whose cells read ``0.496 [0.478, 0.514]`` (3 decimals; just the value when the
+    row has no interval, e.g. published numbers)."""
+    from .evaluation.stats import fmt_ci
+
+    def isnull(v):
+        return v is None or (isinstance(v, float) and pd.isna(v))
+
     def fmt(v):
         if isinstance(v, float):
             return "n/a" if pd.isna(v) else format(v, floatfmt)
         return "n/a" if v is None else str(v)
 
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    with_ci = ci_columns(df)
+    hidden = {f"{c} {e}" for c in with_ci for e in ("low", "high")}
+    cols = [c for c in df.columns if c not in hidden]
+
+    def cell(r, c):
+        if c not in with_ci:
+            return fmt(r[c])
+        v, lo, hi = r[c], r[f"{c} low"], r[f"{c} high"]
+        if isnull(v):
+            return "n/a"
+        return fmt_ci(float(v), None if isnull(lo) else float(lo), None if isnull(hi) else float(hi))
+
+    head = [f"{c} [{ci_label}]" if c in with_ci else c for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(r, c) for c in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def differences_markdown(metrics_path: str | Path, benchmark: str, alphas=("0.1",)) -> str:
+    """The paired-differences table of a benchmark (weak - strong, mask - no mask, tolerances,
+    NCNet - WeakAlign; :data:`weakalign.evaluation.stats.COMPARISONS`), as written into
+    ``pck.json`` by ``weakalign evaluate metrics``; the one table shown by notebook 02 and the README."""
+    from .evaluation.stats import differences_markdown as table
+
+    b = json.loads(Path(metrics_path).read_text()).get(benchmark, {})
+    if not b.get("available"):
+        return f"{benchmark}: not available.\n"
+    return table(b, alphas) or "No paired differences in pck.json (re-run `weakalign evaluate metrics`).\n"
+
+
+def bar_figure(df: pd.DataFrame, value: str = "PCK", label: str = "model", xlabel: str = "", title: str = "", ax=None):
+    """Horizontal bars of ``df[value]`` with the bootstrap interval (``value low`` / ``value high``)
+    as error bars and the number printed at the end of each bar."""
+    import matplotlib.pyplot as plt
+
+    df = df.reset_index(drop=True)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(df) + 1.2))
+    else:
+        fig = ax.figure
+    vals = pd.to_numeric(df[value], errors="coerce")
+    has_ci = f"{value} low" in df and f"{value} high" in df
+    lo = pd.to_numeric(df[f"{value} low"], errors="coerce") if has_ci else vals
+    hi = pd.to_numeric(df[f"{value} high"], errors="coerce") if has_ci else vals
+    err = [(vals - lo).fillna(0).clip(lower=0).to_numpy(), (hi - vals).fillna(0).clip(lower=0).to_numpy()]
+    y = range(len(df))
+    ax.barh(list(y), vals.fillna(0), color="tab:blue", alpha=0.85, xerr=err if has_ci else None,
+            error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
+    for i, v in enumerate(vals):
+        if pd.isna(v):
+            ax.text(0, i, " n/a", va="center")
+            continue
+        text = f" {v:.3f}" + (f" [{lo[i]:.3f}, {hi[i]:.3f}]" if has_ci and not pd.isna(lo[i]) else "")
+        ax.text((hi[i] if has_ci and not pd.isna(hi[i]) else v) + 0.005, i, text, va="center", fontsize=8)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(df[label].astype(str).tolist())
+    ax.invert_yaxis()
+    top = float(pd.concat([hi, vals]).max()) if vals.notna().any() else 1.0
+    ax.set_xlim(0, min(1.0, top) * 1.45 if top > 0 else 1.0)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
+    """The ablation bars (notebook 02): PCK@0.1 per model, bootstrap interval as error bars."""
+    d = df.assign(label=df["model"] + " (" + df["transform"] + ")")
+    conf = "95%"
+    return bar_figure(d, "PCK", "label", xlabel=f"PCK@0.1 on {benchmark} (default protocol); error bars: {conf} bootstrap CI over pairs")
+
+
+def curve_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
+    """PCK vs alpha, one line per model and transform, with the bootstrap interval as a band
+    (columns ``low`` / ``high`` of ``reports/plots/pck_curve_<benchmark>.csv``; no band without them)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.cm.tab10.colors if df["model"].nunique() <= 10 else plt.cm.tab20.colors
+    for i, (name, g) in enumerate(df.groupby("model", sort=False)):
+        g = g.sort_values("alpha")
+        c = colors[i % len(colors)]
+        ax.plot(g["alpha"], g["pck"], marker="o", ms=3, color=c, label=name)
+        if "low" in g and "high" in g and g["low"].notna().any():
+            ax.fill_between(g["alpha"], g["low"], g["high"], color=c, alpha=0.15, lw=0)
+    ax.set_xlabel("alpha"); ax.set_ylabel("PCK"); ax.set_ylim(0, 1); ax.grid(alpha=0.3)
+    ax.set_title(f"{benchmark}: PCK vs alpha (bands: 95% bootstrap CI over pairs)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
 
 
 def per_category_frame(metrics_path, benchmark: str, alpha: str = "0.1") -> pd.DataFrame:
@@ -112,6 +224,7 @@ def methods_frame(metrics_dir: str | Path, benchmark: str = "pf-willow") -> pd.D
     for label, model, kind, stages in METHODS:
         res = (m.get("models", {}).get(model) or {}).get(kind, {}) if m.get("available") else {}
         d = res.get("default", {})
+        ci = {f"PCK@{a} {e}": _ci(res, "default", a)[j] for a in ("0.05", "0.1", "0.15") for j, e in enumerate(("low", "high"))}
         secs = []
         for st in stages:
             f = mdir / f"{st}.json"
@@ -120,7 +233,7 @@ def methods_frame(metrics_dir: str | Path, benchmark: str = "pf-willow") -> pd.D
         own = secs[-1] / 60 if secs and isinstance(secs[-1], (int, float)) else None
         ev = m.get("predict_seconds", {}).get(model)
         rows.append({"method": label, "model": model, "PCK@0.05": d.get("0.05"), "PCK@0.1": d.get("0.1"), "PCK@0.15": d.get("0.15"),
-                     "train, all stages (min)": train, "train, last stage (min)": own, "evaluate (s)": ev})
+                     "train, all stages (min)": train, "train, last stage (min)": own, "evaluate (s)": ev, **ci})
     return pd.DataFrame(rows)
 
 
@@ -131,11 +244,17 @@ def methods_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
     labels = df["method"].tolist()
     for ax, col, title in zip(axes, ("PCK@0.1", "train, all stages (min)", "evaluate (s)"),
-                              (f"{benchmark} PCK@0.1", "training time, minutes", f"evaluating {benchmark}, seconds")):
+                              (f"{benchmark} PCK@0.1 (95% bootstrap CI)", "training time, minutes", f"evaluating {benchmark}, seconds")):
         vals = pd.to_numeric(df[col], errors="coerce")
-        ax.barh(labels, vals.fillna(0), color=["#4c72b0", "#55a868", "#c44e52"][: len(labels)])
+        err, ends = None, vals
+        if f"{col} low" in df and f"{col} high" in df:
+            lo, hi = pd.to_numeric(df[f"{col} low"], errors="coerce"), pd.to_numeric(df[f"{col} high"], errors="coerce")
+            err = [(vals - lo).fillna(0).clip(lower=0).to_numpy(), (hi - vals).fillna(0).clip(lower=0).to_numpy()]
+            ends = hi.fillna(vals)
+        ax.barh(labels, vals.fillna(0), color=["#4c72b0", "#55a868", "#c44e52"][: len(labels)], xerr=err,
+                error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
         for y, v in enumerate(vals):
-            ax.text(0 if pd.isna(v) else v, y, " n/a" if pd.isna(v) else f" {v:.3g}", va="center")
+            ax.text(0 if pd.isna(v) else ends[y], y, " n/a" if pd.isna(v) else f" {v:.3g}", va="center")
         ax.set_title(title)
         ax.invert_yaxis() if ax is axes[0] else None
         ax.margins(x=0.25)
@@ -156,11 +275,21 @@ RESULTS_BEGIN = "<!-- BEGIN results (generated by `weakalign readme` from report
 RESULTS_END = "<!-- END results -->"
 
 
+def _seeds_block(root: Path) -> str:
+    """Mean ± sd over training seeds (``reports/metrics/seeds.json``, ``weakalign seeds``), if run."""
+    seeds = root / "reports" / "metrics" / "seeds.json"
+    if not seeds.is_file():
+        return ""
+    from .seeds import seeds_markdown
+
+    return "\n" + seeds_markdown(json.loads(seeds.read_text()))
+
+
 def readme_results(root: Path) -> str:
     """The README's results section, built only from files under ``reports/``."""
     metrics = root / "reports" / "metrics" / "pck.json"
     if not metrics.is_file():
-        return "No results yet: run `make pipeline` (`dvc repro`).\n"
+        return "No results yet: run `make pipeline` (`dvc repro`).\n" + _seeds_block(root)
     lines = []
     m = json.loads(metrics.read_text())
     for bench in ("pf-willow", "pf-pascal", "caltech-101", "tss"):
@@ -177,17 +306,25 @@ def readme_results(root: Path) -> str:
         desc = b["protocols"]["default"]["description"]
         rest = "; ".join(desc.split("; ")[1:]) or desc
         of = f" of {b['pairs_total']}" if "pairs_total" in b else ""
+        boot = b.get("bootstrap")
+        brackets = f"Brackets: {boot['description']}. " if boot else ""
         lines += [f"**{bench}** ({b['pairs']} pairs{of}). Column PCK = PCK@0.1 with {rest} "
-                  "(paper rows: as published, protocol as stated by their source). "
+                  f"(paper rows: as published, protocol as stated by their source). {brackets}"
                   "Reproduce: `dvc repro evaluate_metrics`; all protocols in `reports/tables/pck.md`.", ""]
-        df = comparison_table(metrics, bench)[["source", "model", "transform", "PCK"]]
+        df = comparison_table(metrics, bench)[["source", "model", "transform", "PCK", "PCK low", "PCK high"]]
         lines += [to_markdown(df)]
+        if b.get("differences"):
+            from .evaluation.stats import differences_markdown as diff_table
+
+            lines += [f"**Paired differences on {bench}** (same pairs, same bootstrap resamples for both models; "
+                      "notebook 02, `reports/metrics/pck.json` `differences`).", "", diff_table(b)]
     if m.get("pf-willow", {}).get("available"):
         desc = m["pf-willow"]["protocols"]["default"]["description"]
         lines += ["**Methods side by side on pf-willow** (PCK with " + "; ".join(desc.split("; ")[1:]) + "; times measured by the "
                   "pipeline on this machine, 2 CPU cores: training from `reports/metrics/train_*.json`, evaluation of all pairs "
                   "from `evaluate predict`). Reproduce: `dvc repro`.", ""]
         lines += [to_markdown(methods_frame(root / "reports" / "metrics", "pf-willow"), floatfmt=".3g")]
+    lines += [_seeds_block(root)]
     for name in sorted((root / "reports" / "metrics").glob("train_*.json")):
         d = json.loads(name.read_text())
         keys = [k for k in ("heldout_grid_loss", "heldout_identity_grid_loss", "heldout_score_before", "heldout_score_after", "heldout_loss_before", "heldout_loss_after", "label", "selection_criterion") if k in d]
@@ -221,3 +358,7 @@ def _readme_cmd(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("readme", help="regenerate the README's results section from reports/")
     p.set_defaults(func=_readme_cmd)
+    # `weakalign seeds` (multi-seed training, not part of dvc repro) reports into the same tables
+    from .seeds import register as register_seeds
+
+    register_seeds(sub)
