@@ -1,4 +1,13 @@
-"""``weakalign align SOURCE TARGET``: align your own image pair with a trained model."""
+"""``weakalign align SOURCE TARGET``: align your own image pair with a trained model.
+
+Every expected failure is one line and exit status 1 (``--debug`` for the traceback): a
+missing, empty, truncated, refused (unsafe pickle) or malformed checkpoint, an NCNet
+checkpoint, non-finite weights or metadata out of bounds (see
+:func:`weakalign.models.checkpoints.load_checkpoint`); an unreadable image or one over the
+pixel cap (checked on the header before decoding: ``--max-image-pixels``, default
+:data:`weakalign.data.images.DEFAULT_MAX_PIXELS`); a model that produces a non-finite
+transformation.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +15,51 @@ import time
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _run(args) -> int:
+    import torch
     from PIL import Image
 
     from . import figures
     from .cli import UserError
-    from .data.images import CorruptImageError, load_image
+    from .data.images import CorruptImageError, load_image, max_pixels
     from .models import load_checkpoint
+    from .models.checkpoints import CheckpointFormatError, UnsafeCheckpointError
 
     t0 = time.time()
     ckpt = Path(args.model)
     if not ckpt.is_file():
         raise UserError(f"model checkpoint {ckpt} not found: train it with `dvc repro` or pass --model PATH "
                         "(a weakalign checkpoint or a released .pth.tar)")
+    limit = args.max_image_pixels or max_pixels()
     try:
-        src, tgt = load_image(args.source), load_image(args.target)
+        src = load_image(args.source, max_pixels=limit)
+        tgt = load_image(args.target, max_pixels=limit)
     except CorruptImageError as exc:
         raise UserError(str(exc)) from exc
-    model, _ = load_checkpoint(ckpt)
-    res = figures.align(model, src, tgt)
+    except Image.DecompressionBombError as exc:  # pragma: no cover - load_image converts it
+        raise UserError(f"{args.source} / {args.target}: {exc}") from exc
+    try:
+        model, _ = load_checkpoint(ckpt)
+    except (CheckpointFormatError, UnsafeCheckpointError) as exc:
+        raise UserError(f"cannot use --model {ckpt}: {exc}") from exc
+    with torch.no_grad():
+        res = figures.align(model, src, tgt)
+    thetas = [t for t in (res["theta_aff"], res["theta_tps"]) if t is not None]
+    if any(not bool(torch.isfinite(t).all()) for t in thetas):
+        raise UserError(f"{ckpt}: the model produced a non-finite transformation for "
+                        f"{args.source} -> {args.target}; no image written")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.source).stem}_to_{Path(args.target).stem}"
@@ -44,4 +79,7 @@ def register(sub) -> None:
     p.add_argument("target")
     p.add_argument("--model", default="models/weak_affine_tps.pt", help="checkpoint (default: %(default)s)")
     p.add_argument("--out", default="aligned", help="output folder (default: %(default)s)")
+    p.add_argument("--max-image-pixels", type=_positive_int, default=None, metavar="N",
+                   help="refuse images with more than N pixels, checked before decoding "
+                        "(default: $WEAKALIGN_MAX_IMAGE_PIXELS or 50000000)")
     p.set_defaults(func=_run)

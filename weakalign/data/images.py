@@ -25,6 +25,14 @@ EXIF orientation is applied by default (``exif_transpose=True``). Keypoint bench
 with ``exif_transpose=False``: their annotations were made in MATLAB, whose ``imread`` ignores
 the EXIF Orientation tag, so keypoints refer to the stored pixel grid.
 
+Images larger than a pixel-count cap raise :class:`ImageTooLargeError` (a
+:class:`CorruptImageError`) naming the file and its size. The cap is checked on the header
+BEFORE any pixel is decoded (a 140 KB PNG can declare 12000 x 12000 pixels and take gigabytes
+once decoded); Pillow's own decompression-bomb error becomes the same one-line error. The cap
+is :data:`DEFAULT_MAX_PIXELS` (50 megapixels, e.g. 8660 x 5773), or the environment variable
+``WEAKALIGN_MAX_IMAGE_PIXELS``, or :func:`set_max_pixels` / ``load_image(max_pixels=...)``
+(``weakalign align --max-image-pixels N``).
+
 Truncated or corrupt files raise :class:`CorruptImageError` (a ``ValueError``) naming the
 file; a missing file raises ``FileNotFoundError``. Pillow's global
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set by this package; if some other library has set
@@ -43,6 +51,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 _STRICT_LOCK = threading.Lock()
 
+MAX_PIXELS_ENV = "WEAKALIGN_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000
+_max_pixels: int | None = None  # set_max_pixels(); None = environment variable or default
+
 
 class CorruptImageError(ValueError):
     """An image file that cannot be decoded completely."""
@@ -53,15 +65,64 @@ class CorruptImageError(ValueError):
         super().__init__(f"corrupt or truncated image {self.path}: {self.reason}")
 
 
-def _open_decoded(path) -> Image.Image:
+class ImageTooLargeError(CorruptImageError):
+    """An image with more pixels than the cap (checked before decoding)."""
+
+    def __init__(self, path, size, limit, pixels: int | None = None):
+        self.path, self.size, self.limit = str(path), size, int(limit)
+        self.reason = "too large"
+        if size is not None:
+            what = f"{size[0]} x {size[1]} pixels ({size[0] * size[1]:,})"
+        else:
+            what = f"{pixels:,} pixels" if pixels else "too many pixels (decompression bomb)"
+        ValueError.__init__(
+            self, f"image {self.path} is too large to load: {what} > the cap of {self.limit:,} "
+            f"pixels; use a smaller image or raise the cap (--max-image-pixels, ${MAX_PIXELS_ENV})")
+
+
+def set_max_pixels(n: int | None) -> None:
+    """Process-wide pixel-count cap of :func:`load_image` (None: back to env / default)."""
+    global _max_pixels
+    if n is not None and (isinstance(n, bool) or int(n) != n or int(n) < 1):
+        raise ValueError(f"the image pixel cap must be a positive integer, got {n!r}")
+    _max_pixels = None if n is None else int(n)
+
+
+def max_pixels() -> int:
+    """The pixel-count cap in force (see the module docstring)."""
+    if _max_pixels is not None:
+        return _max_pixels
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"${MAX_PIXELS_ENV} must be a positive integer, got {raw!r}")
+        return value
+    return DEFAULT_MAX_PIXELS
+
+
+def _open_decoded(path, limit: int | None = None) -> Image.Image:
+    limit = max_pixels() if limit is None else int(limit)
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            # our own cap is checked right below, with a clearer message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
     except FileNotFoundError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(path, None, limit, _bomb_pixels(exc)) from exc
     except UnidentifiedImageError as exc:
         raise CorruptImageError(path, "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(path, exc) from exc
+    w, h = img.size
+    if w * h > limit:  # header only: nothing decoded yet
+        img.close()
+        raise ImageTooLargeError(path, (w, h), limit)
     try:
         with warnings.catch_warnings():
             # Pillow warns (instead of failing) on some damaged files; make that an error.
@@ -76,8 +137,9 @@ def _open_decoded(path) -> Image.Image:
                         ImageFile.LOAD_TRUNCATED_IMAGES = saved
             else:
                 img.load()
-    except Image.DecompressionBombError:
-        raise
+    except Image.DecompressionBombError as exc:
+        img.close()
+        raise ImageTooLargeError(path, img.size, limit) from exc
     except (OSError, SyntaxError, ValueError, UserWarning, EOFError, IndexError) as exc:
         img.close()
         raise CorruptImageError(path, exc) from exc
@@ -115,9 +177,18 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
-    """Load ``path`` as a ``uint8`` RGB array ``H x W x 3`` (see the module docstring)."""
-    img = _open_decoded(path)
+def _bomb_pixels(exc) -> int:
+    import re
+
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(m.group(1)) if m else 0
+
+
+def load_image(path: str | os.PathLike, *, exif_transpose: bool = True,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Load ``path`` as a ``uint8`` RGB array ``H x W x 3`` (see the module docstring).
+    ``max_pixels`` overrides the pixel-count cap for this call."""
+    img = _open_decoded(path, max_pixels)
     try:
         if exif_transpose:
             try:

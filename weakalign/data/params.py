@@ -50,12 +50,17 @@ def _merge(base: dict, over: dict, where: str) -> dict:
 def load_params(path: str | Path | None = None) -> dict:
     """The merged ``data`` parameters. ``path`` defaults to ``<project root>/params.yaml``;
     a missing file means "all defaults"."""
-    import yaml
+    from weakalign.training.params import check_values, read_params_file
 
     p = Path(path) if path else project_root() / "params.yaml"
     block = {}
     if p.is_file():
-        with open(p, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh) or {}
+        doc, _ = read_params_file(p)  # malformed / empty / unknown top-level keys: errors
         block = doc.get("data") or {}
-    return _merge(DEFAULTS, block, f"{p}: data")
+        if not isinstance(block, dict):
+            from weakalign.cli import UserError
+
+            raise UserError(f"{p}: data must be a mapping, got {block!r}")
+    merged = _merge(DEFAULTS, block, f"{p}: data")
+    check_values("data", merged, DEFAULTS)  # non-negative counts, finite numbers, types
+    return merged

@@ -91,14 +91,10 @@ def resolve_ncnet(doc: dict, where: str = "params.yaml", profile: str | None = N
 
 
 def validate(cfg: dict) -> None:
-    sched = cfg["schedule"]
-    if not isinstance(sched, list) or not sched:
-        raise _user_error(f"{BLOCK}.schedule must be a non-empty list of {{epochs, lr}} phases")
-    for i, ph in enumerate(sched):
-        if not isinstance(ph, dict) or set(ph) - {"epochs", "lr", "restart_from_best"} or "epochs" not in ph or "lr" not in ph:
-            raise _user_error(f"{BLOCK}.schedule[{i}] must be {{epochs: N, lr: X[, restart_from_best: bool]}}, got {ph!r}")
-        if int(ph["epochs"]) < 1 or float(ph["lr"]) <= 0:
-            raise _user_error(f"{BLOCK}.schedule[{i}]: epochs must be >= 1 and lr > 0")
+    from ..training.params import check_schedule, check_values
+
+    check_values(BLOCK, cfg, NCNET_DEFAULTS)  # types, non-negative counts, finite numbers
+    check_schedule(BLOCK, cfg["schedule"])
     if int(cfg["batch_size"]) < 2:
         raise _user_error(f"{BLOCK}.batch_size must be >= 2 (the negatives pair each target with another pair's source)")
     m = cfg["model"]

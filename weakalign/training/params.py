@@ -167,19 +167,54 @@ def merge(base: dict, over: dict | None, where: str, path: tuple = ()) -> dict:
 
 
 def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
+    """The whole params file as a dict (``{}`` when the default ``params.yaml`` is absent).
+
+    Malformed YAML, an empty file, a top level that is not a mapping, unknown top-level keys
+    and unknown blocks inside ``profiles.<name>`` are errors (one line naming the file)."""
     import yaml
 
     from ..data.paths import project_root
 
+    known_top = ("data", "profile", "profiles", "train_strong", "train_weak", "train_ncnet", "evaluate")
+    known_profile_blocks = ("train_strong", "train_weak", "train_ncnet", "evaluate")
     p = Path(path) if path else project_root() / "params.yaml"
     if not p.is_file():
         if path:
             raise _user_error(f"params file not found: {p}")
         return {}, p
-    with open(p, encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh) or {}
+    try:
+        with open(p, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise _user_error(f"{p}: not valid YAML{where} ({what}); fix the file") from exc
+    except UnicodeDecodeError as exc:
+        raise _user_error(f"{p}: not a UTF-8 text file ({exc.reason})") from exc
+    if doc is None:
+        raise _user_error(f"{p}: the params file is empty; restore it (git checkout params.yaml) "
+                          "or pass --params with a complete file")
     if not isinstance(doc, dict):
         raise _user_error(f"{p}: expected a mapping at the top level")
+    unknown = [k for k in doc if k not in known_top]
+    if unknown:
+        raise _user_error(f"{p}: unknown top-level key(s) {', '.join(map(repr, unknown))} "
+                          f"(known: {', '.join(known_top)})")
+    if doc.get("profile") is not None and not isinstance(doc["profile"], str):
+        raise _user_error(f"{p}: profile must be a profile name, got {doc['profile']!r}")
+    profiles = doc.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise _user_error(f"{p}: profiles must be a mapping of profile names to blocks")
+    for name, prof in profiles.items():
+        if prof is None:
+            continue
+        if not isinstance(prof, dict):
+            raise _user_error(f"{p}: profiles.{name} must be a mapping")
+        bad = [k for k in prof if k not in known_profile_blocks]
+        if bad:
+            raise _user_error(f"{p}: profiles.{name}: unknown block(s) {', '.join(map(repr, bad))} "
+                              f"(known: {', '.join(known_profile_blocks)})")
     return doc, p
 
 
@@ -194,9 +229,16 @@ def parse_set(items: list[str] | None) -> dict:
         key, value = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
+        if not all(parts):
+            raise _user_error(f"--set {item!r}: empty key")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise _user_error(f"--set {item!r} conflicts with another --set of {part}")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise _user_error(f"--set {item!r}: the value is not valid YAML") from exc
     return out
 
 
@@ -231,15 +273,89 @@ def resolve(block: str, doc: dict, where: str = "params.yaml", profile: str | No
     return cfg
 
 
-def _validate(block: str, cfg: dict) -> None:
-    sched = cfg["schedule"]
+def check_values(block: str, cfg, defaults, path: tuple = ()) -> None:
+    """Types and ranges of a resolved block against its defaults: a key whose default is an
+    int must be a non-negative int (counts, limits, seeds, workers...), a bool a bool, a float
+    a finite number, a list a list (of positive ints when the default is one: sizes, kernels,
+    channels); no NaN or infinite number anywhere. Free-form entries are checked for
+    non-finite numbers only."""
+    import math
+
+    def name(kp):
+        return ".".join((block, *map(str, kp)))
+
+    def finite(v, kp):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _user_error(f"{name(kp)} must be a finite number, got {v!r}")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                finite(x, kp + (k,))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                finite(x, kp[:-1] + (f"{kp[-1]}[{i}]",) if kp else (f"[{i}]",))
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not path:
+        finite(cfg, ())
+    if not isinstance(cfg, dict) or not isinstance(defaults, dict):
+        return
+    for k, v in cfg.items():
+        if isinstance(k, str) and k.startswith("_"):
+            continue
+        kp = path + (k,)
+        if kp in FREE_FORM or path in FREE_FORM or k not in defaults:
+            continue
+        d = defaults[k]
+        if d is None:
+            continue
+        if isinstance(d, bool):
+            if not isinstance(v, bool):
+                raise _user_error(f"{name(kp)} must be true or false, got {v!r}")
+        elif isinstance(d, int):
+            if not is_int(v) or v < 0:
+                raise _user_error(f"{name(kp)} must be a non-negative integer, got {v!r}")
+        elif isinstance(d, float):
+            if not (is_int(v) or isinstance(v, float)):
+                raise _user_error(f"{name(kp)} must be a number, got {v!r}")
+        elif isinstance(d, str):
+            if not isinstance(v, str):
+                raise _user_error(f"{name(kp)} must be a string, got {v!r}")
+        elif isinstance(d, list):
+            if not isinstance(v, list):
+                raise _user_error(f"{name(kp)} must be a list, got {v!r}")
+            if d and all(is_int(x) for x in d) and not all(is_int(x) and x > 0 for x in v):
+                raise _user_error(f"{name(kp)} must be a list of positive integers, got {v!r}")
+            if k in ("image_size", "load_size") and len(v) != 2:
+                raise _user_error(f"{name(kp)} must be [h, w] (two positive integers), got {v!r}")
+        elif isinstance(d, dict):
+            if not isinstance(v, dict):
+                raise _user_error(f"{name(kp)} must be a mapping, got {v!r}")
+            check_values(block, v, d, kp)
+
+
+def check_schedule(block: str, sched) -> None:
+    """``schedule``: a non-empty list of {epochs: int >= 1, lr: finite > 0[, restart_from_best: bool]}."""
+    import math
+
     if not isinstance(sched, list) or not sched:
         raise _user_error(f"{block}.schedule must be a non-empty list of {{epochs, lr}} phases")
     for i, ph in enumerate(sched):
         if not isinstance(ph, dict) or set(ph) - {"epochs", "lr", "restart_from_best"} or "epochs" not in ph or "lr" not in ph:
             raise _user_error(f"{block}.schedule[{i}] must be {{epochs: N, lr: X[, restart_from_best: bool]}}, got {ph!r}")
-        if int(ph["epochs"]) < 1 or float(ph["lr"]) <= 0:
-            raise _user_error(f"{block}.schedule[{i}]: epochs must be >= 1 and lr > 0")
+        ep, lr = ph["epochs"], ph["lr"]
+        if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
+            raise _user_error(f"{block}.schedule[{i}].epochs must be an integer >= 1, got {ep!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise _user_error(f"{block}.schedule[{i}].lr must be a finite number > 0, got {lr!r}")
+        if not isinstance(ph.get("restart_from_best", False), bool):
+            raise _user_error(f"{block}.schedule[{i}].restart_from_best must be true or false")
+
+
+def _validate(block: str, cfg: dict) -> None:
+    check_values(block, cfg, BLOCKS[block])
+    check_schedule(block, cfg["schedule"])
     if int(cfg["batch_size"]) < 1:
         raise _user_error(f"{block}.batch_size must be >= 1")
     if block == "train_strong":
