@@ -126,6 +126,42 @@ NOTEBOOKS = {
             "    reports.save_figure(fig, f'{out_dir}/pck_curve_{benchmark}.png')",
         ],
     ),
+    "05_training_curves.ipynb": notebook(
+        "# Training curves: held-out numbers against minutes\n\n"
+        "Strong stage: grid loss of the selected model on held-out synthetic pairs (odd rows of the validation "
+        "image list, never used for selection) at the end of every epoch, against wall-clock minutes since the stage "
+        "started (feature caching included), from `reports/plots/train_strong_<kind>.csv`. The previous default "
+        "configuration, re-run with the current code on the same held-out pairs, is in `reports/plots/baseline/` "
+        "(command in docs/training.md). Weak stage: held-out soft-inlier score per epoch "
+        "(`reports/plots/train_weak.csv`, ablations beside it).",
+        'plots_dir = "reports/plots"\nmetrics_dir = "reports/metrics"\nout_dir = "reports/figures"',
+        [
+            "import json\nimport matplotlib\nmatplotlib.use('Agg')\nfrom pathlib import Path\n"
+            "from IPython.display import Markdown, display\nfrom weakalign import reports",
+            "strong = reports.strong_curve_frame(plots_dir)\n"
+            "identity = {}\n"
+            "for kind in ('affine', 'tps'):\n"
+            "    f = Path(metrics_dir) / f'train_strong_{kind}.json'\n"
+            "    if f.is_file():\n"
+            "        identity[kind] = json.loads(f.read_text())['heldout_identity_grid_loss']\n"
+            "if len(strong):\n"
+            "    fig = reports.strong_curve_figure(strong, identity)\n"
+            "    reports.save_figure(fig, Path(out_dir) / 'strong_heldout_grid_loss_vs_minutes.png')\n"
+            "    last = strong.sort_values('epoch').groupby(['kind', 'run'], sort=False).tail(1)\n"
+            "    display(Markdown(last[['kind', 'run', 'epoch', 'minutes', 'heldout_grid_loss']].to_markdown(index=False, floatfmt='.4g')))",
+            "weak = reports.weak_curve_frame(plots_dir)\n"
+            "before = {}\n"
+            "f = Path(metrics_dir) / 'train_weak.json'\n"
+            "if f.is_file():\n"
+            "    before['inlier mask, tolerance 0 (WeakAlign)'] = json.loads(f.read_text())['heldout_score_before']\n"
+            "for g in sorted((Path(metrics_dir) / 'ablations').glob('train_weak_*.json')):\n"
+            "    before[g.stem.replace('train_weak_', '')] = json.loads(g.read_text())['heldout_score_before']\n"
+            "if len(weak):\n"
+            "    fig = reports.weak_curve_figure(weak, before)\n"
+            "    reports.save_figure(fig, Path(out_dir) / 'weak_heldout_score.png')\n"
+            "    display(Markdown(weak.to_markdown(index=False, floatfmt='.4g')))",
+        ],
+    ),
 }
 
 if __name__ == "__main__":

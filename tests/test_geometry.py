@@ -156,3 +156,20 @@ def test_bad_shapes_are_rejected():
         tps_points(torch.zeros(1, 17), torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="unknown transform"):
         transform_points("homography", torch.zeros(1, 2, 3))
+
+
+def test_tps_grid_with_cached_kernel_equals_pointwise_tps(rng):
+    """tps_grid caches the theta-independent kernel of the regular grid: the grid must equal the
+    point-wise spline of the same grid points bit for bit, in every size, after an
+    inference-mode first call, and keep its gradient."""
+    from weakalign.geometry import grid_to_points, normalized_grid, points_to_grid, tps_grid, tps_points
+
+    for h, w in ((7, 5), (12, 12), (7, 5)):
+        with torch.inference_mode():
+            tps_grid(torch.rand(1, 18, generator=rng), h, w)
+        theta = (torch.rand(3, 18, generator=rng) - 0.5).requires_grad_(True)
+        ref = points_to_grid(tps_points(theta, grid_to_points(normalized_grid(h, w, 3))), h, w)
+        got = tps_grid(theta, h, w)
+        assert torch.equal(got, ref)
+        got.square().sum().backward()
+        assert theta.grad is not None and torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0

@@ -138,7 +138,13 @@ def test_strong_training_outputs_and_determinism(data, tmp_path):
     saved = json.loads((tmp_path / "a" / "strong_affine.json").read_text())
     assert saved["heldout_grid_loss"] == m1["heldout_grid_loss"] and saved["selection"]["best_epoch"] in (1, 2, 3)
     curve = (tmp_path / "a" / "strong_affine.csv").read_text().splitlines()
-    assert curve[0] == "epoch,step,lr,train_loss,val_loss" and len(curve) == 4
+    assert curve[0] == "epoch,step,lr,train_loss,val_loss,heldout_grid_loss,minutes" and len(curve) == 4
+    # the held-out curve is the final report's number at the selected epoch; minutes increase
+    rows = [dict(zip(curve[0].split(","), r.split(","))) for r in curve[1:]]
+    best = saved["selection"]["best_epoch"]
+    assert float(rows[best - 1]["heldout_grid_loss"]) == pytest.approx(m1["heldout_grid_loss"], rel=1e-6)
+    minutes = [float(r["minutes"]) for r in rows]
+    assert minutes == sorted(minutes) and minutes[0] > 0
     assert len((tmp_path / "a" / "strong_affine_steps.csv").read_text().splitlines()) == 13
     ckpt = safe_load(tmp_path / "a" / "strong_affine.pt")
     assert ckpt["geometric_model"] == "affine" and ckpt["meta"]["stage"] == "train-strong"
@@ -160,8 +166,12 @@ def test_strong_resume_after_crash_gives_the_same_weights(data, tmp_path, pairs)
     assert not (crash_dir / "strong_tps.pt").exists()
     m = train_strong(strong_cfg(data, crash_dir, pairs=pairs), "tps", resume="must", progress=False, backbone_factory=TinyBackbone)
     assert_same_weights(weights(ref_dir / "strong_tps.pt"), weights(crash_dir / "strong_tps.pt"))
-    ref_curve = (ref_dir / "strong_tps.csv").read_text()
-    assert (crash_dir / "strong_tps.csv").read_text() == ref_curve  # loss history identical too
+    def curve(d):  # every column but the wall-clock one
+        rows = [r.split(",") for r in (d / "strong_tps.csv").read_text().splitlines()]
+        assert rows[0][-1] == "minutes"
+        return [r[:-1] for r in rows]
+
+    assert curve(crash_dir) == curve(ref_dir)  # loss history identical too
     assert m["steps"] == 12
 
 
@@ -233,6 +243,43 @@ def test_weak_training_of_the_last_backbone_blocks_without_cache(data, strong_mo
     last = "feature_extraction.backbone.body.3.weight"  # the tiny backbone's last conv
     assert not torch.equal(w[last], aff[last])
     assert torch.equal(w["feature_extraction.backbone.body.0.weight"], aff["feature_extraction.backbone.body.0.weight"])
+
+
+def test_stage2_without_backbone_gradient(data, strong_models, tmp_path):
+    """stage2_backbone_grad: false -- same scores as the reference path before training (the
+    frozen fast copy computes the same features), a different affine gradient (the TPS term no
+    longer reaches theta_aff through the warped image), training recorded, and refused with a
+    trainable backbone."""
+    from weakalign.models import TwoStageCNNGeometric
+    from weakalign.models.inference import optimize_for_inference
+    from weakalign.training.weak import WeakStep, load_stage
+    from weakalign.losses import TwoStageInlierScore
+
+    model = TwoStageCNNGeometric.from_stages(load_stage(strong_models / "strong_affine.pt", "affine", TinyBackbone),
+                                             load_stage(strong_models / "strong_tps.pt", "tps", TinyBackbone)).eval()
+    h, w = model.feature_size
+    scorer = TwoStageInlierScore(h, w)
+    g = torch.Generator().manual_seed(0)
+    batch = {"source_image": torch.rand(2, 3, *SIZE, generator=g), "target_image": torch.rand(2, 3, *SIZE, generator=g)}
+    ref, fast = WeakStep(model, scorer, "cpu"), WeakStep(model, scorer, "cpu", optimize_for_inference(model, 2).feature_extraction)
+    s_ref, s_fast = ref.scores(batch), fast.scores(batch)
+    assert torch.allclose(s_ref, s_fast, atol=1e-5)
+    grads = []
+    for step in (ref, fast):
+        model.zero_grad()
+        step(batch).backward()
+        grads.append(model.regression.linear.weight.grad.clone())
+        assert model.regression2.linear.weight.grad is not None
+    assert not torch.allclose(grads[0], grads[1])
+
+    m = train_weak(weak_cfg(data, tmp_path, strong_models, stage2_backbone_grad=False, schedule=[{"epochs": 1, "lr": 1e-3}]),
+                   progress=False, backbone_factory=TinyBackbone)
+    assert m["stage2_backbone_grad"] is False and m["steps"] == 2
+    curve = (tmp_path / "weak.csv").read_text().splitlines()
+    assert curve[0].split(",")[-2:] == ["heldout_score", "minutes"]
+    with pytest.raises(UserError, match="stage2_backbone_grad"):
+        train_weak(weak_cfg(data, tmp_path / "b", strong_models, stage2_backbone_grad=False, train_parts="last_blocks"),
+                   progress=False, backbone_factory=TinyBackbone)
 
 
 def test_missing_inputs_name_the_command_that_creates_them(data, tmp_path):

@@ -262,6 +262,100 @@ def methods_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
     return fig
 
 
+# ---------------------------------------------------------------------------------------------
+# training curves (notebook 05): held-out numbers against wall-clock minutes
+# ---------------------------------------------------------------------------------------------
+
+#: Runs of the strong stage shown in the held-out grid loss vs minutes figure: (label, folder
+#: relative to ``reports/plots``, file stem). ``baseline/`` holds the previous default
+#: configuration re-run with the current code (command in docs/training.md).
+STRONG_CURVE_RUNS = (
+    ("this pipeline (all ~7,000 photos x 2 warps, 3+1 epochs)", ".", "train_strong_{kind}"),
+    ("previous default (2,000 photos x 1 warp, 10+5 epochs)", "baseline", "train_strong_{kind}"),
+)
+
+
+def strong_curve_frame(plots_dir: str | Path) -> pd.DataFrame:
+    """Per epoch of every strong run found: ``run, kind, epoch, minutes, heldout_grid_loss,
+    val_loss`` (minutes: since the stage started, feature caching included). Runs whose CSV is
+    missing or predates the per-epoch held-out column are skipped."""
+    rows = []
+    for label, folder, stem in STRONG_CURVE_RUNS:
+        for kind in ("affine", "tps"):
+            f = Path(plots_dir) / folder / f"{stem.format(kind=kind)}.csv"
+            if not f.is_file():
+                continue
+            d = pd.read_csv(f)
+            if not {"minutes", "heldout_grid_loss"} <= set(d.columns):
+                continue
+            rows.append(d.assign(run=label, kind=kind)[["run", "kind", "epoch", "minutes", "heldout_grid_loss", "val_loss"]])
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["run", "kind", "epoch", "minutes", "heldout_grid_loss", "val_loss"])
+
+
+def strong_curve_figure(df: pd.DataFrame, identity: dict | None = None):
+    """Held-out synthetic grid loss vs minutes, one panel per transform, one line per run;
+    ``identity`` (kind -> the identity transformation's held-out grid loss) as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ("affine", "tps") if k in set(df["kind"])]
+    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(6 * max(1, len(kinds)), 4.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for i, (run, g) in enumerate(df[df["kind"] == kind].groupby("run", sort=False)):
+            g = g.sort_values("minutes")
+            ax.plot(g["minutes"], g["heldout_grid_loss"], marker="o", ms=3, color=f"C{i}", label=run)
+            last = g.iloc[-1]
+            ax.annotate(f"{last['heldout_grid_loss']:.4f}", (last["minutes"], last["heldout_grid_loss"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points", color=f"C{i}")
+        if identity and kind in identity:
+            ax.axhline(identity[kind], color="grey", ls="--", lw=1, label=f"identity ({identity[kind]:.3f})")
+        ax.set_yscale("log")
+        ax.set_xlabel("minutes since the stage started (feature caching included)")
+        ax.set_ylabel("held-out grid loss (synthetic pairs, log scale)")
+        ax.set_title(f"strong {KIND_LABEL.get(kind, kind)}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def weak_curve_frame(plots_dir: str | Path) -> pd.DataFrame:
+    """Per epoch of the weak run and its ablations: ``run, epoch, minutes, val_score,
+    heldout_score`` (soft-inlier score of the run's own loss; held-out = odd rows, never used
+    for selection)."""
+    rows = []
+    files = [("inlier mask, tolerance 0 (WeakAlign)", Path(plots_dir) / "train_weak.csv")]
+    files += [(f.stem.replace("train_weak_", ""), f) for f in sorted((Path(plots_dir) / "ablations").glob("train_weak_*.csv"))
+              if not f.stem.endswith("_steps")]
+    for label, f in files:
+        if f.is_file():
+            d = pd.read_csv(f)
+            if "heldout_score" in d.columns:
+                rows.append(d.assign(run=label)[["run", "epoch"] + [c for c in ("minutes", "val_score", "heldout_score") if c in d.columns]])
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["run", "epoch", "minutes", "val_score", "heldout_score"])
+
+
+def weak_curve_figure(df: pd.DataFrame, before: dict | None = None):
+    """Held-out soft-inlier score per epoch for each weak run (``before``: run -> the score of
+    the strong initialisation, drawn at epoch 0). Each run is scored with its own loss, so
+    compare a run's gain, not levels across runs."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (run, g) in enumerate(df.groupby("run", sort=False)):
+        g = g.sort_values("epoch")
+        x, y = list(g["epoch"]), list(g["heldout_score"])
+        if before and run in before:
+            x, y = [0] + x, [before[run]] + y
+        ax.plot(x, y, marker="o", ms=3, color=f"C{i}", label=run)
+    ax.set_xlabel("epoch (0 = strong initialisation)")
+    ax.set_ylabel("held-out soft-inlier score (own loss)")
+    ax.set_title("weak fine-tuning: held-out score per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ DEFAULTS: dict = {
     # Fraction of each category's images held out (validation side); all validation images
     # are disjoint from all training images.
     "heldout_fraction": 0.15,
-    "strong_train_images": 2000,
-    "strong_val_images": 200,
+    "strong_train_images": 0,  # 0 = every training-side image
+    "strong_val_images": 400,
     "weak_train_pairs": 2000,
     "weak_val_pairs": 200,
     "weak_train_flip_prob": 0.5,

@@ -13,7 +13,7 @@ result depends only on the inputs and the parameters):
 2. Per category, whole groups are moved to the *held-out side* until it holds
    ``max(2, round(heldout_fraction * n))`` images; the rest is the *training side*.
 3. ``strong_train_images.csv``: ``data.strong_train_images`` images drawn from the training
-   side; ``strong_val_images.csv``: ``data.strong_val_images`` from the held-out side. These
+   side (0: every training-side image); ``strong_val_images.csv``: ``data.strong_val_images`` from the held-out side. These
    are the offline stand-in for Pascal VOC 2011 (synthetic strong pairs are generated from
    them by the training code).
 4. ``weak_train_pairs.csv``: ``data.weak_train_pairs`` distinct unordered same-category pairs
@@ -161,6 +161,8 @@ def make_splits(root: Path, params: dict, log=print) -> dict:
 
     def draw_images(side, n, what):
         allp = sorted(p for v in side.values() for p in v)
+        if n == 0:  # 0 = every image of that side
+            return allp
         if n > len(allp):
             raise SplitError(f"{what}: {n} images requested, only {len(allp)} available")
         idx = rng.choice(len(allp), size=n, replace=False)

@@ -83,7 +83,24 @@ def tps_points(theta: torch.Tensor, points: torch.Tensor, grid_size: int = 3, re
     return affine + torch.matmul(w, u.transpose(1, 2))
 
 
+@lru_cache(maxsize=16)
+def _grid_kernel(out_h: int, out_w: int, grid_size: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points 1 x 2 x N, U 1 x N x n)`` of the regular target grid: they do not depend on
+    theta, so :func:`tps_grid` computes them once per size (same operations as
+    :func:`tps_points`, hence the same values). Never inference tensors (see above)."""
+    with torch.inference_mode(False), torch.no_grad():
+        pts = grid_to_points(normalized_grid(out_h, out_w, 1, dtype, torch.device(device)))
+        ctrl = tps_control_points(grid_size, dtype, torch.device(device))
+        u = _kernel(((pts.unsqueeze(-1) - ctrl[None, :, None, :]) ** 2).sum(1))
+    return pts, u
+
+
 def tps_grid(theta: torch.Tensor, out_h: int, out_w: int, grid_size: int = 3, reg_factor: float = 0.0) -> torch.Tensor:
     """Sampling grid ``B x H x W x 2`` for an ``out_h x out_w`` target (``align_corners=True``)."""
-    base = normalized_grid(out_h, out_w, theta.shape[0], theta.dtype, theta.device)
-    return points_to_grid(tps_points(theta, grid_to_points(base), grid_size, reg_factor), out_h, out_w)
+    n = grid_size * grid_size
+    if theta.dim() != 2 or theta.shape[1] != 2 * n:
+        raise ValueError(f"TPS theta must be B x {2 * n} for grid_size={grid_size}, got {tuple(theta.shape)}")
+    pts, u = _grid_kernel(int(out_h), int(out_w), int(grid_size), theta.dtype, str(theta.device))
+    w, a = tps_coefficients(theta, grid_size, reg_factor)
+    affine = a[:, :, :1] + a[:, :, 1:2] * pts[:, :1] + a[:, :, 2:3] * pts[:, 1:2]
+    return points_to_grid(affine + torch.matmul(w, u.transpose(1, 2)), out_h, out_w)

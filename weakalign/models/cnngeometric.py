@@ -156,9 +156,13 @@ class TwoStageCNNGeometric(_Base):
         self.regression = self._regressor("affine")
         self.regression2 = self._regressor("tps")
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor, f_src: torch.Tensor | None = None, f_tgt: torch.Tensor | None = None, theta_aff: torch.Tensor | None = None) -> TwoStageOutput:
+    def forward(self, source: torch.Tensor, target: torch.Tensor, f_src: torch.Tensor | None = None, f_tgt: torch.Tensor | None = None,
+                theta_aff: torch.Tensor | None = None, stage2_features=None) -> TwoStageOutput:
         """Run both stages. ``f_src``/``f_tgt`` may be precomputed features of the same images;
-        ``theta_aff`` replaces the stage-1 estimate for the warp (e.g. ground truth)."""
+        ``theta_aff`` replaces the stage-1 estimate for the warp (e.g. ground truth);
+        ``stage2_features`` (a callable on the *normalised* warped source) replaces
+        ``self.feature_extraction`` for the stage-2 features (e.g. a faster frozen copy run
+        without gradient: then no gradient reaches ``theta_aff`` through the warped image)."""
         self._check_input(source, "source")
         src_n = self.feature_extraction.normalize(source)
         if f_src is None:
@@ -171,7 +175,7 @@ class TwoStageCNNGeometric(_Base):
         warp_theta = theta1 if theta_aff is None else theta_aff
         h, w = src_n.shape[-2:]
         src_wrp = warp_image(src_n, affine_grid(warp_theta, h, w))
-        corr2 = self.correlation(self.feature_extraction(src_wrp), f_tgt)
+        corr2 = self.correlation((stage2_features or self.feature_extraction)(src_wrp), f_tgt)
         theta2 = self.regression2(corr2)
         return TwoStageOutput(theta1, theta2, corr1, corr2)
 

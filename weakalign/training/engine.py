@@ -476,6 +476,7 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
             train_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_count"])
             state["history"].append({
                 "epoch": e + 1, "step": state["global_step"], "phase": p, "lr": float(phases[p]["lr"]),
+                "train_seconds": round(elapsed0 + time.perf_counter() - t_start, 2),
                 "train_loss": train_loss, task.selection_name: value,
                 **{k: float(v) for k, v in val.items() if k != "value"},
             })
@@ -521,17 +522,24 @@ class Paused(Exception):
 # outputs
 # ---------------------------------------------------------------------------------------------
 
-def write_curves(state: dict, selection_name: str, epoch_csv: str | Path | None, steps_csv: str | Path | None) -> None:
-    """Loss curves for ``dvc plots``: per epoch (epoch, step, lr, train_loss, <selection>, ...)
+def write_curves(state: dict, selection_name: str, epoch_csv: str | Path | None, steps_csv: str | Path | None,
+                 minutes_offset: float = 0.0) -> None:
+    """Loss curves for ``dvc plots``: per epoch (epoch, step, lr, train_loss, <selection>, ...,
+    ``minutes``: wall-clock minutes since the stage started, i.e. ``minutes_offset`` (time spent
+    before the first step, e.g. caching features) plus the training time at the epoch's end)
     and per step (step, epoch, train_loss)."""
     from ..data.atomic import write_csv
 
     if epoch_csv:
         hist = state["history"]
         cols = ["epoch", "step", "lr", "train_loss", selection_name]
-        extra = sorted({k for h in hist for k in h} - set(cols) - {"phase"})
+        extra = sorted({k for h in hist for k in h} - set(cols) - {"phase", "train_seconds"})
         rows = [[h.get(c, "") for c in cols + extra] for h in hist]
-        write_csv(epoch_csv, cols + extra, rows)
+        if all("train_seconds" in h for h in hist):
+            cols, rows = cols + extra + ["minutes"], [r + [round(minutes_offset + h["train_seconds"] / 60.0, 3)] for r, h in zip(rows, hist)]
+        else:
+            cols = cols + extra
+        write_csv(epoch_csv, cols, rows)
     if steps_csv:
         s = state["steps"]
         write_csv(steps_csv, ["step", "epoch", "train_loss"], list(zip(s["step"], s["epoch"], s["loss"])))

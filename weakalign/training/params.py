@@ -97,6 +97,10 @@ WEAK_DEFAULTS: dict = {
     "train_parts": "regressors",
     "last_blocks": 1,
     "update_bn_buffers": False,  # reference default: model.eval() during training
+    # reference: the gradient of the stage-2 (TPS) estimate reaches the affine estimate through
+    # the backbone's features of the affine-warped source; false runs those features without
+    # gradient on a faster frozen copy (CPU budget; needs a frozen backbone)
+    "stage2_backbone_grad": True,
     "cache_features": True,  # stage-1 features of fixed images when the backbone is frozen
     "cache_dir": "data/cache/features",
     "loss": {

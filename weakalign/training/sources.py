@@ -171,9 +171,11 @@ def cached(ctx, path: Path, key: dict, compute: Callable[[], dict]) -> dict:
 
 
 @torch.no_grad()
-def extract_features(model, dataset, fields: tuple[str, ...], batch_size: int, num_workers: int, device, desc: str, progress: bool) -> dict:
+def extract_features(model, dataset, fields: tuple[str, ...], batch_size: int, num_workers: int, device, desc: str, progress: bool,
+                     keep: tuple[str, ...] = ("theta",)) -> dict:
     """Backbone features (L2-normalised, as the model uses them) of ``dataset`` items' image
-    ``fields``; other tensor fields of the items (e.g. ``theta``) are stacked alongside.
+    ``fields``; the tensor fields named in ``keep`` (e.g. ``theta``) are stacked alongside, every
+    other field is dropped (an image field that is not extracted must never land in the cache).
     Uses ``no_grad`` (not ``inference_mode``): the features later enter autograd graphs."""
     from torch.utils.data import DataLoader
 
@@ -187,7 +189,7 @@ def extract_features(model, dataset, fields: tuple[str, ...], batch_size: int, n
         for k, v in batch.items():
             if k in fields:
                 out.setdefault(k, []).append(model.extract(v.to(device)).cpu())
-            elif isinstance(v, torch.Tensor) and k != "index":
+            elif k in keep and isinstance(v, torch.Tensor):
                 out.setdefault(k, []).append(v)
     model.train(was_training)
     return {k: torch.cat(v) for k, v in out.items()}

@@ -117,24 +117,28 @@ def _sample_padded(image: torch.Tensor, grid: torch.Tensor, padding_factor: floa
     return warp_image(image, torch.stack((gx, gy), dim=-1))
 
 
-def synth_pair(image: torch.Tensor, kind: str, theta: torch.Tensor | None, out_size, padding_factor: float, crop_factor: float):
+def synth_pair(image: torch.Tensor, kind: str, theta: torch.Tensor | None, out_size, padding_factor: float, crop_factor: float,
+               source: bool = True):
     """Source crop and warped target from an **unpadded** batch ``B x 3 x H x W`` (already at
     ``load_size``); the symmetric padding is applied implicitly (:func:`_sample_padded`).
 
-    ``theta=None`` returns only the source (the identity crop). Returns ``(source, target)``
-    (target ``None`` without ``theta``), both ``B x 3 x out_h x out_w`` in [0, 1].
+    ``theta=None`` returns only the source (the identity crop); ``source=False`` skips it.
+    Returns ``(source, target)`` (``None`` for the one not made), both ``B x 3 x out_h x out_w``
+    in [0, 1].
     """
     h, w = int(out_size[0]), int(out_size[1])
     s = padding_factor * crop_factor
     b = image.shape[0]
-    base = normalized_grid(h, w, b, image.dtype, image.device) * s
-    source = _sample_padded(image, base, padding_factor).clamp_(0.0, 1.0)
+    src = None
+    if source:
+        base = normalized_grid(h, w, b, image.dtype, image.device) * s
+        src = _sample_padded(image, base, padding_factor).clamp_(0.0, 1.0)
     target = None
     if theta is not None:
         kw = {"theta_aff": theta} if kind == "affine" else {"theta_tps": theta}
         grid = sampling_grid(kind, h, w, **kw).to(image.dtype) * s
         target = _sample_padded(image, grid, padding_factor).clamp_(0.0, 1.0)
-    return source, target
+    return src, target
 
 
 class SyntheticPairs(torch.utils.data.Dataset):
@@ -146,17 +150,20 @@ class SyntheticPairs(torch.utils.data.Dataset):
     ``--random-sample``), set through :meth:`set_epoch`.
 
     Items: ``source_image``, ``target_image`` (3 x h x w in [0, 1]), ``theta`` (6 or 18),
-    ``index``. With ``source_only=True`` only ``source_image`` (and ``index``) per photo.
+    ``index``. With ``source_only=True`` only ``source_image`` (and ``index``) per photo; with
+    ``target_only=True`` no ``source_image`` (the feature cache computes sources once per photo).
     """
 
     def __init__(self, paths: list[str], kind: str, data: dict, out_size, seed: int, tag: str,
                  pairs_per_image: int = 1, fresh_each_epoch: bool = False, source_only: bool = False,
-                 grid_size: int = 3):
+                 grid_size: int = 3, target_only: bool = False):
         self.paths = list(paths)
         self.kind, self.data, self.out_size = kind, data, tuple(out_size)
         self.seed, self.tag = seed, tag
         self.pairs_per_image = 1 if source_only else int(pairs_per_image)
-        self.fresh_each_epoch, self.source_only = fresh_each_epoch, source_only
+        self.fresh_each_epoch, self.source_only, self.target_only = fresh_each_epoch, source_only, target_only
+        if source_only and target_only:
+            raise ValueError("source_only and target_only exclude each other")
         self.grid_size = grid_size
         self.epoch = 0
 
@@ -172,18 +179,24 @@ class SyntheticPairs(torch.utils.data.Dataset):
         return random_theta(self.kind, keyed_generator(*keys), 1, self.data, self.grid_size)[0]
 
     def load(self, photo: int) -> torch.Tensor:
-        """The photo resized to ``load_size`` (``3 x H x W`` in [0, 1]; not padded)."""
+        """The photo resized to ``load_size`` (``3 x H x W`` in [0, 1]; not padded). The last
+        photo is kept, so the ``pairs_per_image`` consecutive pairs of one photo decode it once."""
         from ..data.images import load_image, to_tensor
 
-        return to_tensor(load_image(self.paths[photo]), tuple(self.data["load_size"]))
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] == photo:
+            return last[1]
+        image = to_tensor(load_image(self.paths[photo]), tuple(self.data["load_size"]))
+        self._last = (photo, image)
+        return image
 
     def __getitem__(self, idx: int) -> dict:
         photo = idx // self.pairs_per_image
         image = self.load(photo)[None]
         theta = None if self.source_only else self.theta(idx)
         src, tgt = synth_pair(image, self.kind, None if theta is None else theta[None], self.out_size,
-                              self.data["padding_factor"], self.data["crop_factor"])
-        item = {"source_image": src[0], "index": idx}
+                              self.data["padding_factor"], self.data["crop_factor"], source=not self.target_only)
+        item = {"index": idx} if self.target_only else {"source_image": src[0], "index": idx}
         if not self.source_only:
             item["target_image"] = tgt[0]
             item["theta"] = theta

@@ -126,9 +126,17 @@ def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, b
     keys = list(dict.fromkeys((p, bool(r.flip) and use_flip) for recs in records_list for r in recs for p in (r.source, r.target)))
     key = {"what": "weak-stage1", "backbone": backbone_fp, "image_size": list(size), "root": str(image_root),
            "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
-    obj = cached(ctx, cache_path(cfg["cache_dir"], "weak-stage1", key), key, lambda: extract_features(
-        model, _UniqueImages(keys, image_root, size), ("image",), int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device,
-        "features weak pairs", progress))
+    key["extractor"] = "traced-channels-last" if ctx.device.type == "cpu" else "eager"
+
+    def compute():
+        # the backbone is frozen whenever features are cached: its traced, BN-folded copy gives the
+        # same features up to round-off, faster (weakalign.models.inference)
+        from ..models.inference import optimize_for_inference
+
+        return extract_features(optimize_for_inference(model, int(cfg["batch_size"])), _UniqueImages(keys, image_root, size), ("image",),
+                                int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device, "features weak pairs", progress)
+
+    obj = cached(ctx, cache_path(cfg["cache_dir"], "weak-stage1", key), key, compute)
     return {k: i for i, k in enumerate(keys)}, obj["image"]
 
 
@@ -200,16 +208,29 @@ def set_trainable(model, parts: str, last_blocks: int) -> list[str]:
 
 
 class WeakStep(nn.Module):
-    def __init__(self, model, scorer: TwoStageInlierScore, device):
+    """batch -> loss. ``stage2_features`` (optional): a frozen, faster copy of the feature
+    extraction run without gradient on the affine-warped source (``stage2_backbone_grad: false``;
+    the reference back-propagates through the backbone into the warp)."""
+
+    def __init__(self, model, scorer: TwoStageInlierScore, device, stage2_features=None):
         super().__init__()
         self.model, self.scorer, self.device = model, scorer, device
+        self._stage2 = stage2_features
+
+    def stage2_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        with torch.no_grad():
+            return self._stage2(x)
+
+    @property
+    def stage2(self):
+        return self.stage2_features if self._stage2 is not None else None
 
     def scores(self, batch, scorer=None) -> torch.Tensor:
         src = batch["source_image"].to(self.device)
         if "f_src" in batch:
-            out = self.model(src, None, f_src=batch["f_src"].to(self.device), f_tgt=batch["f_tgt"].to(self.device))
+            out = self.model(src, None, f_src=batch["f_src"].to(self.device), f_tgt=batch["f_tgt"].to(self.device), stage2_features=self.stage2)
         else:
-            out = self.model(src, batch["target_image"].to(self.device))
+            out = self.model(src, batch["target_image"].to(self.device), stage2_features=self.stage2)
         return (scorer or self.scorer)(out.theta_aff, out.theta_aff_tps, out.corr_aff)
 
     def forward(self, batch) -> torch.Tensor:
@@ -241,7 +262,7 @@ def mean_scores(step: WeakStep, dataset, ctx, batch_size: int, scorers=None, ide
                 n = corr.shape[0]
                 th_aff, th_tps = affine_identity(n, device=corr.device), tps_identity(n, device=corr.device)
             else:
-                out = m(src, None, f_src=fs, f_tgt=ft)
+                out = m(src, None, f_src=fs, f_tgt=ft, stage2_features=step.stage2)
                 corr, th_aff, th_tps = out.corr_aff, out.theta_aff, out.theta_aff_tps
             for i, sc in enumerate(scorers):
                 totals[i] += float(sc(th_aff, th_tps, corr).double().sum())
@@ -270,9 +291,10 @@ def pf_pascal_val_pck(model, ctx, batch_size: int) -> float:
 
 
 class WeakTask(engine.Task):
-    def __init__(self, model, step, train_dataset, val_dataset, ctx, cfg):
+    def __init__(self, model, step, train_dataset, val_dataset, ctx, cfg, report_dataset=None):
         self.model, self.step_module, self.train_dataset = model, step, train_dataset
         self.val_dataset, self.ctx, self.cfg = val_dataset, ctx, cfg
+        self.report_dataset = report_dataset
         sel = cfg["selection"]
         self.selection_mode = {"heldout_weak_score": "max", "pf_pascal_val_pck": "max", "last_epoch": "last"}[sel]
         self.selection_name = {"heldout_weak_score": "val_score", "pf_pascal_val_pck": "val_pck", "last_epoch": "val_score"}[sel]
@@ -286,9 +308,13 @@ class WeakTask(engine.Task):
     def validate(self):
         bs = int(self.cfg["batch_size"])
         score = mean_score(self.step_module, self.val_dataset, self.ctx, bs)
+        out = {"value": score}
         if self.cfg["selection"] == "pf_pascal_val_pck":
-            return {"value": pf_pascal_val_pck(self.model, self.ctx, bs), "val_score": score}
-        return {"value": score}
+            out = {"value": pf_pascal_val_pck(self.model, self.ctx, bs), "val_score": score}
+        if self.report_dataset is not None:
+            # the held-out score curve (odd rows): reported per epoch, never used for selection
+            out["heldout_score"] = mean_score(self.step_module, self.report_dataset, self.ctx, bs)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,13 +385,21 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     loss_kw = dict(cfg["loss"])
     scorer = TwoStageInlierScore(h, w, **loss_kw).to(ctx.device)
     ref_scorer = TwoStageInlierScore(h, w, **REFERENCE_LOSS).to(ctx.device)
-    step = WeakStep(model, scorer, ctx.device)
+    stage2 = None
+    if not bool(cfg["stage2_backbone_grad"]):
+        if not backbone_frozen:
+            raise _user_error("train_weak: stage2_backbone_grad: false needs a frozen backbone (train_parts: regressors, "
+                              "update_bn_buffers: false)")
+        from ..models.inference import optimize_for_inference
+
+        stage2 = optimize_for_inference(model, int(cfg["batch_size"])).feature_extraction
+    step = WeakStep(model, scorer, ctx.device, stage2)
     bs = int(cfg["batch_size"])
     pair_of_scorers = [scorer, ref_scorer]
     before = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers)))
     identity = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers, identity=True)))
 
-    task = WeakTask(model, step, train_ds, sel_ds, ctx, cfg)
+    task = WeakTask(model, step, train_ds, sel_ds, ctx, cfg, report_dataset=report_ds)
     fp = fingerprint(cfg, {"init_affine": module_fingerprint(model.regression), "init_tps": module_fingerprint(model.regression2),
                            "backbone": bb_fp, "train": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in train_recs),
                            "val": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in val_recs)})
@@ -386,6 +420,7 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         fingerprint=fp, meta=meta, desc=f"train-weak {variant}", resume=resume, max_steps=max_steps, progress=progress,
         on_step=on_step,
     )
+    prepare_seconds = time.perf_counter() - t0
     state = engine.fit(task, fit_cfg, ctx)
 
     after = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers)))
@@ -399,6 +434,7 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         "train_parts": trains,
         "update_bn_buffers": bool(cfg["update_bn_buffers"]),
         "stage1_features_cached": cache_train,
+        "stage2_backbone_grad": bool(cfg["stage2_backbone_grad"]),
         "train_pairs": len(train_ds),
         "epochs": epochs,
         "steps": state["global_step"],
@@ -411,13 +447,15 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         "heldout_score_reference_loss_after": after["score_reference_loss"],
         "selection": {**selection, "best_epoch": state["best"]["epoch"], "best_value": state["best"]["value"], "selection_pairs": len(sel_ds)},
         "seconds": round(time.perf_counter() - t0, 1),
+        "prepare_seconds": round(prepare_seconds, 1),
         "training_seconds": round(state["elapsed"], 1),
         "params_fingerprint": fp,
     }
     if ctx.main:
         save_checkpoint(outs["checkpoint"], model, meta={**meta, "metrics": metrics})
         write_json(outs["metrics"], metrics)
-        engine.write_curves(state, task.selection_name, outs.get("plot"), outs.get("steps_plot"))
+        engine.write_curves(state, task.selection_name, outs.get("plot"), outs.get("steps_plot"),
+                            minutes_offset=prepare_seconds / 60.0)
         from .strong import _rel
 
         print(f"train-weak {variant} ({label}): {epochs} epochs, {len(train_ds):,} pairs, held-out soft-inlier score "
