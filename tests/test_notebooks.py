@@ -59,8 +59,25 @@ def test_every_notebook_executes_on_a_tiny_fixture(tiny_willow, tiny_backbone, t
     write_metrics(metrics, tables, curves, tmp_path / "pck.json", tmp_path / "plots", tmp_path / "tables")
     ckpt = tmp_path / "weak.pt"
     save_checkpoint(ckpt, model)
+    # training curves as train-strong / train-weak write them (notebook 05)
+    import json
+
+    mdir = tmp_path / "metrics"
+    (mdir / "ablations").mkdir(parents=True)
+    (tmp_path / "plots" / "baseline").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "plots" / "ablations").mkdir(parents=True, exist_ok=True)
+    head = "epoch,step,lr,train_loss,val_loss,heldout_grid_loss,minutes\n"
+    for kind in ("affine", "tps"):
+        (tmp_path / "plots" / f"train_strong_{kind}.csv").write_text(head + "1,10,0.001,0.2,0.1,0.11,1.5\n2,20,0.0002,0.1,0.05,0.06,2.0\n")
+        (tmp_path / "plots" / "baseline" / f"train_strong_{kind}.csv").write_text(head + "1,5,0.001,0.2,0.2,0.2,0.5\n")
+        (mdir / f"train_strong_{kind}.json").write_text(json.dumps({"heldout_identity_grid_loss": 0.3}))
+    weak_head = "epoch,step,lr,train_loss,val_score,heldout_score,minutes\n"
+    (tmp_path / "plots" / "train_weak.csv").write_text(weak_head + "1,4,5e-05,-0.1,0.2,0.19,1.0\n")
+    (tmp_path / "plots" / "ablations" / "train_weak_no_mask.csv").write_text(weak_head + "1,4,5e-05,-0.1,0.2,0.18,1.0\n")
+    (mdir / "train_weak.json").write_text(json.dumps({"heldout_score_before": 0.18}))
+    (mdir / "ablations" / "train_weak_no_mask.json").write_text(json.dumps({"heldout_score_before": 0.18}))
     common = {"metrics_path": str(tmp_path / "pck.json"), "out_dir": str(tmp_path / "out"), "plots_dir": str(tmp_path / "plots"),
-              "figures_dir": str(tmp_path / "out"),
+              "figures_dir": str(tmp_path / "out"), "metrics_dir": str(mdir),
               "checkpoint": str(ckpt), "data_root": str(tiny_willow.root), "pairs_csv": str(tiny_willow.csv_path), "pairs": [0, 5]}
     for nb in NOTEBOOKS:
         declared = pm.inspect_notebook(str(nb))
@@ -72,3 +89,4 @@ def test_every_notebook_executes_on_a_tiny_fixture(tiny_willow, tiny_backbone, t
     figs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert "qualitative_pf-willow_0.png" in figs and "pck_curve_pf-willow.png" in figs, figs
     assert "methods_pf-willow.png" in figs and (tmp_path / "out" / "methods_pf-willow.md").is_file(), figs
+    assert "strong_heldout_grid_loss_vs_minutes.png" in figs and "weak_heldout_score.png" in figs, figs
