@@ -17,9 +17,10 @@ pipeline, which provides the strong checkpoints, the splits and the main run::
     weakalign seeds --seeds 1 2 3 4 5 --variants default no_mask
     weakalign seeds --dry-run             # print the training commands, run nothing
 
-What a seed changes: ``train_weak.seed`` (``--set seed=N``), i.e. which 600 of the 2,000 weak
-training pairs are used (``max_train_pairs`` subsample), their order and the flips; the
-regressors start from the same strong checkpoints. Seed 1 is the seed of the main run
+What a seed changes: ``train_weak.seed`` (``--set seed=N``), i.e. the order in which the weak
+training pairs are visited and, with a ``max_train_pairs`` limit, which pairs are used (the
+default profile uses all 2,000, so only the order changes; flips are fixed by the split file);
+the regressors start from the same strong checkpoints. Seed 1 is the seed of the main run
 (``params.yaml``), so its row should reproduce ``pck.json`` (training is deterministic on CPU).
 
 Outputs (per seed ``N``; a non-default ``--profile P`` writes to ``seeds_P`` instead of ``seeds``):
