@@ -105,3 +105,13 @@ def test_seeds_run_with_fake_trainer(tmp_path, monkeypatch):
     monkeypatch.setattr(seeds, "predict_checkpoint", lambda *a: pytest.fail("caches not reused"))
     seeds.run([1, 2, 3], params=str(params), readme=False)
     assert calls == []
+
+
+def test_seeds_markdown_skips_benchmarks_without_files():
+    """A benchmark whose files are absent here (PF-PASCAL images) has no protocol: the tables skip
+    it instead of failing after all trainings ran (happened in the first real run)."""
+    from weakalign.seeds import seeds_markdown
+
+    doc = {"seeds": [1, 2], "command": "weakalign seeds", "profile": "default",
+           "benchmarks": {"pf-pascal": {"available": False, "reason": "images not here"}}}
+    assert "pf-pascal" not in seeds_markdown(doc)

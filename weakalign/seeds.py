@@ -211,6 +211,8 @@ def seeds_markdown(doc: dict, alpha: str = "0.1") -> str:
     out = []
     seeds = [str(s) for s in doc["seeds"]]
     for bench, b in doc["benchmarks"].items():
+        if not b.get("available", True) or "protocol" not in b:
+            continue  # a benchmark without files here (e.g. PF-PASCAL images): nothing to tabulate
         conf = f"{b.get('bootstrap', {}).get('confidence', 0.95):.0%}"
         out += [f"**Training seeds on {bench}** ({len(seeds)} seeds: {', '.join(seeds)}; `{doc['command']}`, profile {doc['profile']}). "
                 f"PCK@{alpha}, {b['protocol']}; brackets: {conf} bootstrap CI over pairs of that run; mean ± sd: over seeds "
