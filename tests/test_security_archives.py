@@ -179,3 +179,59 @@ def test_zip_lying_about_its_size_stops_while_writing(tmp_path, box):
 def test_duplicate_member_refused(tmp_path, box):
     arc = _tar(tmp_path / "d.tar", [("top/a.txt", b"1"), ("top/a.txt", b"2")])
     _extract_refused(arc, box)
+
+
+def test_zip_symlink_member_is_inspected_with_a_bounded_read(tmp_path, box):
+    # a "symlink" member that inflates to 64 MiB: naming its target must not inflate all of it
+    import tracemalloc
+
+    arc = _zip(tmp_path / "l.zip", [("top/f.txt", b"x"), ("top/l", bytes(64 << 20), "symlink")],
+               compression=zipfile.ZIP_DEFLATED)
+    assert arc.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeArchiveError, match="symbolic link"):
+            list_members(arc)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak:,} bytes: the whole member was read"
+    _extract_refused(arc, box)
+
+
+def _encrypt_flag(path):
+    """Set the "encrypted" flag bit of every member (local and central headers): what a
+    password-protected zip looks like to zipfile, which then refuses to open the member."""
+    raw = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # general-purpose flag fields
+        i = raw.find(sig)
+        while i != -1:
+            raw[i + off] |= 0x1
+            i = raw.find(sig, i + 4)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_encrypted_zip_member_is_one_clear_error(tmp_path, box):
+    from weakalign.data.archives import ArchiveContentError
+
+    arc = _encrypt_flag(_zip(tmp_path / "enc.zip", [("top/a.txt", b"secret")]))
+    with pytest.raises(ArchiveContentError) as ei:
+        list_members(arc)
+    msg = str(ei.value)
+    assert "enc.zip" in msg and "'top/a.txt'" in msg and "encrypted" in msg and "\n" not in msg
+    _extract_refused(arc, box, ArchiveContentError)
+
+
+def test_unknown_zip_compression_method_is_one_clear_error(tmp_path, box):
+    from weakalign.data.archives import ArchiveContentError
+
+    arc = _zip(tmp_path / "m.zip", [("top/a.txt", b"data")])
+    raw = bytearray(arc.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # compression method fields
+        i = raw.index(sig)
+        raw[i + off:i + off + 2] = (99).to_bytes(2, "little")  # 99 = AES (WinZip)
+    arc.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveContentError, match=r"'top/a.txt' uses zip compression method 99"):
+        list_members(arc)
+    _extract_refused(arc, box, ArchiveContentError)

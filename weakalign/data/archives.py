@@ -11,6 +11,8 @@ rejected whole with :class:`UnsafeArchiveError`:
   ``m/DIR/LINK``; a tar chain of symlinks longer than ``PATH_MAX`` that gets past Python's
   ``filter="data"``, CVE-2025-4517; link-to-link; a folder reached through a link);
 - device files, FIFOs and unknown member types (tar); a file name given twice;
+- encrypted zip members and zip compression methods this Python cannot read
+  (:class:`ArchiveContentError`: the archive is unusable here, not unsafe);
 - members larger than ``max_member_bytes`` or archives whose members add up to more than
   ``max_total_bytes`` (zip / tar bombs; see :class:`ExtractLimits` for the defaults and the
   environment variables that change them), or with more than ``max_members`` members.
@@ -33,6 +35,7 @@ import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -125,6 +128,31 @@ def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
+_ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 (APPNOTE 4.4.4)
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
+def _zip_readable(info: zipfile.ZipInfo, archive) -> None:
+    """Refuse members ``zipfile`` would fail on when opened (a bare RuntimeError /
+    NotImplementedError otherwise): encrypted ones and unknown compression methods."""
+    if info.flag_bits & _ZIP_ENCRYPTED:
+        raise ArchiveContentError(
+            f"{archive}: member {info.filename!r} is encrypted (password-protected); encrypted "
+            "archives are not supported, use an unencrypted copy")
+    if info.compress_type not in _ZIP_METHODS:
+        raise ArchiveContentError(
+            f"{archive}: member {info.filename!r} uses zip compression method "
+            f"{info.compress_type}, which Python's zipfile cannot read; repack it with deflate")
+
+
+def _zip_link_target(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """The first 100 characters of a zip symlink's target, read without inflating the rest
+    (a "link" member can be a bomb too)."""
+    with zf.open(info) as fh:
+        raw = fh.read(100)
+    return raw.decode("utf-8", "replace")
+
+
 def _zip_unix_type(info: zipfile.ZipInfo) -> int:
     return stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
 
@@ -202,8 +230,9 @@ def list_members(archive, kind: str | None = None, limits: ExtractLimits | None 
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
                     rel = _norm_member(info.filename, archive)
+                    _zip_readable(info, archive)
                     if _zip_is_symlink(info):
-                        target = zf.read(info)[:200].decode("utf-8", "replace")
+                        target = _zip_link_target(zf, info)
                         raise _refuse_link(archive, info.filename, target, "symbolic link")
                     utype = _zip_unix_type(info)
                     if utype not in (0, stat.S_IFREG, stat.S_IFDIR):
@@ -233,7 +262,8 @@ def list_members(archive, kind: str | None = None, limits: ExtractLimits | None 
                     budget.member(m.name, 0 if typ == "dir" else m.size)
                     _check_entry(rel, typ, seen, archive)
                     out.append((rel, typ))
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError,
+            NotImplementedError, zlib.error) as exc:
         raise ArchiveContentError(f"{archive}: unreadable or truncated archive ({exc})") from exc
     return out
 
@@ -350,7 +380,8 @@ def safe_extract(archive, dest, kind: str | None = None, limits: ExtractLimits |
                     else:  # pragma: no cover - list_members refused it already
                         raise UnsafeArchiveError(f"{archive}: member {m.name!r} is not a file")
         _check_inside(root, writer.created, archive)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError, NotImplementedError,
+            zlib.error) as exc:  # zipfile: RuntimeError = encrypted, NotImplementedError = method
         writer.undo()
         raise ArchiveContentError(f"{archive}: unreadable or corrupt archive ({exc})") from exc
     except OSError as exc:
