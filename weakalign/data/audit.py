@@ -164,11 +164,9 @@ def voc_images(root: Path) -> list[Path]:
     return []
 
 
-def _eval_sets(root: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """{set name: image paths} of the evaluation sets present, and {name: reason} of absent."""
-    from .datasets import CaltechDataset, PFPascalDataset, PFWillowDataset, TSSDataset
+def _pf_willow_sets(root: Path, present: dict, absent: dict) -> None:
+    from .datasets import PFWillowDataset
 
-    present, absent = {}, {}
     ds = PFWillowDataset(root=root, _check=False)
     if ds.records and not ds.missing_files():
         present["pf-willow"] = ds.image_paths()
@@ -176,6 +174,11 @@ def _eval_sets(root: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
         present["pf-willow"] = sorted((root / "pf-willow" / "PF-dataset").glob("*/*.png"))
     else:
         absent["pf-willow"] = "not available: images missing (weakalign data fetch pf-willow)"
+
+
+def _pf_pascal_sets(root: Path, present: dict, absent: dict) -> None:
+    from .datasets import PFPascalDataset
+
     for split in ("test", "val"):
         name = f"pf-pascal-{split}"
         ds = PFPascalDataset(root=root, split=split, _check=False)
@@ -186,6 +189,11 @@ def _eval_sets(root: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
             first = Path(miss[0])
             first = first.relative_to(root) if first.is_relative_to(root) else first
             absent[name] = f"not available: {len(miss)} file(s) missing, e.g. {first}"
+
+
+def _caltech_sets(root: Path, present: dict, absent: dict) -> None:
+    from .datasets import CaltechDataset
+
     ds = CaltechDataset(root=root, _check=False)
     if ds.records:
         present["caltech-101-eval"] = [ds._resolve(p) for p in dict.fromkeys(
@@ -193,12 +201,42 @@ def _eval_sets(root: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
         present["caltech-101-eval"] = [p for p in present["caltech-101-eval"] if p.is_file()]
     else:
         absent["caltech-101-eval"] = "not available: pair list missing"
+
+
+def _tss_sets(root: Path, present: dict, absent: dict) -> None:
+    from .datasets import TSSDataset
+
     ds = TSSDataset(root=root, _check=False)
     if ds.records and not ds.missing_files():
         present["tss"] = [ds._resolve(p) for p in dict.fromkeys(
             x for r in ds.records for x in (r.source, r.target))]
     else:
         absent["tss"] = "not available"
+
+
+#: How each benchmark's evaluation images are collected; the set names each one produces are
+#: declared by its :class:`weakalign.data.registry.BenchmarkSpec` (``audit_sets``).
+EVAL_SET_COLLECTORS = {"pf-willow": _pf_willow_sets, "pf-pascal": _pf_pascal_sets,
+                       "caltech-101": _caltech_sets, "tss": _tss_sets}
+
+
+def _eval_sets(root: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """{set name: image paths} of the evaluation sets present, and {name: reason} of absent:
+    every benchmark of the registry with an audit role (``audit_sets``). A declared benchmark
+    without a collector here is an error (its images would silently escape the audit)."""
+    from .registry import BENCHMARKS
+
+    present, absent = {}, {}
+    for name, spec in BENCHMARKS.items():
+        if not spec.audit_sets:
+            continue
+        if name not in EVAL_SET_COLLECTORS:
+            raise NotImplementedError(f"benchmark {name!r} declares audit sets {spec.audit_sets} but "
+                                      "weakalign/data/audit.py has no collector for its images (EVAL_SET_COLLECTORS)")
+        EVAL_SET_COLLECTORS[name](root, present, absent)
+        got = {k for k in (*present, *absent) if k in spec.audit_sets}
+        if got != set(spec.audit_sets):
+            raise RuntimeError(f"audit collector of {name!r} produced {sorted(got)}, its BenchmarkSpec declares {list(spec.audit_sets)}")
     return present, absent
 
 

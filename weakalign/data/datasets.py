@@ -19,8 +19,9 @@ Keypoint benchmarks (:class:`PFWillowDataset`, :class:`PFPascalDataset`) return 
 Images are loaded with :func:`weakalign.data.images.load_image` with ``exif_transpose=False``:
 the annotations refer to the stored pixel grid.
 
-Each class has a ``pck_protocol`` dict (the default PCK protocol of the benchmark, for the
-evaluation code) and ``missing_files()`` / ``available()`` which work on the class
+Each benchmark class has a ``pck_protocol`` dict (the summary of the benchmark's default
+protocol, read from its :class:`weakalign.data.registry.BenchmarkSpec`, the one place that
+declares it) and ``missing_files()`` / ``available()`` which work on the class
 (``PFWillowDataset.available(root="data")``) and on an instance. Constructing a dataset whose
 files are missing raises :class:`DatasetNotAvailable` (a ``FileNotFoundError``) that lists up
 to 10 missing paths and says how to get them.
@@ -88,6 +89,15 @@ def _pad_points(pts: np.ndarray, n_max: int, where: str) -> torch.Tensor:
     out = torch.full((2, n_max), -1.0, dtype=torch.float32)
     out[:, :n] = torch.from_numpy(pts.astype(np.float32))
     return out
+
+
+class _declared_protocol:
+    """``pck_protocol`` of a benchmark class: its registry spec's summary (a fresh dict)."""
+
+    def __get__(self, obj, cls):
+        from .registry import benchmark_spec
+
+        return dict(benchmark_spec(cls.name).summary)
 
 
 class _Base(Dataset):
@@ -169,7 +179,7 @@ class PFWillowDataset(_KeypointPairs):
 
     name = "pf-willow"
     max_points = 10
-    pck_protocol = {"reference": "bbox", "alpha": 0.1, "averaging": "per_pair"}
+    pck_protocol = _declared_protocol()
 
     def __init__(self, root="data", resize=None, csv=None, max_points=10, _check=True):
         self.resize = resize
@@ -216,7 +226,7 @@ class PFPascalDataset(_KeypointPairs):
     """
 
     name = "pf-pascal"
-    pck_protocol = {"reference": "image_224", "alpha": 0.1, "averaging": "per_pair"}
+    pck_protocol = _declared_protocol()
     _rows = {"test": 299, "val": 308}
 
     def __init__(self, root="data", split="test", resize=None, csv=None, max_points=20,
@@ -263,8 +273,7 @@ class CaltechDataset(_Base):
     """
 
     name = "caltech-101"
-    pck_protocol = {"metric": "label_transfer", "measures": ["LT-ACC", "IoU", "LOC-ERR"],
-                    "averaging": "per_pair"}
+    pck_protocol = _declared_protocol()
 
     def __init__(self, root="data", resize=None, csv=None, _check=True):
         self.resize = resize
@@ -341,8 +350,7 @@ class TSSDataset(_Base):
     """
 
     name = "tss"
-    pck_protocol = {"reference": "image", "alpha": 0.05, "averaging": "per_pair",
-                    "ground_truth": "dense_flow"}
+    pck_protocol = _declared_protocol()
 
     def __init__(self, root="data", resize=None, csv=None, load_flow=False, _check=True):
         self.resize, self.load_flow = resize, load_flow

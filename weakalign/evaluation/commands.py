@@ -21,6 +21,11 @@ The ``evaluate:`` block of ``params.yaml``::
         weak_affine_tps: {checkpoint: models/weak_affine_tps.pt, optional: true}
       reference_checkpoints_dir: models/reference   # released .pth.tar files, if any
       max_pairs: 0                  # 0 = every pair; N = N evenly spaced pairs (smoke profile)
+      protocols: {}                 # benchmark -> PCK protocol names to report (default: every
+                                    # protocol its BenchmarkSpec declares; "default" always kept)
+
+Benchmarks, their kind and their protocols are declared once, in
+:data:`weakalign.data.registry.BENCHMARKS`; a benchmark not declared there is an error.
 
 A profile can override it like the training blocks: ``profiles.<name>.evaluate`` (the top-level
 ``profile:`` key selects it; ``dvc exp run -S profile=smoke``).
@@ -43,14 +48,25 @@ DEFAULTS = {
     "models": {"identity": {"type": "identity"}},
     "reference_checkpoints_dir": "models/reference",
     "max_pairs": 0,
+    # benchmark -> names of the declared PCK protocols to report ({} = all; "default" always kept)
+    "protocols": {},
     # bootstrap intervals of every PCK and paired differences (weakalign.evaluation.stats)
     "bootstrap": {"resamples": 2000, "seed": 0, "confidence": 0.95, "method": "bca"},
     "alphas_curve": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
 }
-KEYPOINT_BENCHMARKS = ("pf-willow", "pf-pascal")
-#: Scored from the cached transforms with :mod:`weakalign.evaluation.dense` (dataset annotations
-#: are read again at metrics time; the models are not rerun).
-DENSE_BENCHMARKS = ("caltech-101", "tss")
+
+
+def __getattr__(name: str):
+    """``KEYPOINT_BENCHMARKS`` / ``DENSE_BENCHMARKS``: names by kind, from the registry's
+    BenchmarkSpecs (computed on access, so that importing this module stays light). Dense ones
+    are scored from the cached transforms with :mod:`weakalign.evaluation.dense` (annotations
+    read again at metrics time; the models are not rerun)."""
+    kinds = {"KEYPOINT_BENCHMARKS": "keypoints", "DENSE_BENCHMARKS": "dense"}
+    if name in kinds:
+        from ..data.registry import BENCHMARKS
+
+        return tuple(n for n, s in BENCHMARKS.items() if s.kind == kinds[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_block(params_path: str | Path | None) -> dict:
@@ -163,7 +179,7 @@ def _predict(args) -> int:
 
     from ..data.atomic import atomic_open
     from ..data.paths import project_root
-    from ..data.registry import DatasetNotAvailable, get_dataset
+    from ..data.registry import DatasetNotAvailable, benchmark_spec, get_dataset
     from .predict import predict_pairs
 
     t0 = time.time()
@@ -172,11 +188,8 @@ def _predict(args) -> int:
     out_dir = root / cfg["predictions_dir"]
     status = {}
     n_done = 0
+    check_protocols(cfg, args.params)
     for bench in cfg["benchmarks"]:
-        if bench not in KEYPOINT_BENCHMARKS + DENSE_BENCHMARKS:
-            from weakalign.cli import UserError
-
-            raise UserError(f"evaluate.benchmarks: unknown benchmark {bench!r} (known: {', '.join(KEYPOINT_BENCHMARKS + DENSE_BENCHMARKS)})")
         try:
             ds = subset(get_dataset(bench, root=root / "data"), cfg["max_pairs"])
         except DatasetNotAvailable as exc:
@@ -188,7 +201,7 @@ def _predict(args) -> int:
             status[bench]["pairs_total"] = ds.pairs_total
             print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
         for name, spec in model_specs(cfg, root).items():
-            if is_ncnet_spec(spec) and bench in DENSE_BENCHMARKS:
+            if is_ncnet_spec(spec) and benchmark_spec(bench).kind == "dense":
                 status[bench]["models"][name] = {"available": False, "reason": NCNET_DENSE_REASON}
                 continue
             try:
@@ -222,28 +235,43 @@ def _predict(args) -> int:
     return 0
 
 
-def protocols_for(bench: str):
-    """The benchmark's default protocol first, then the alternatives reported beside it."""
-    from .pck import PCKProtocol
+def check_protocols(cfg: dict, params_path=None) -> None:
+    """Every ``evaluate.benchmarks`` entry is declared and every ``evaluate.protocols`` entry
+    names a declared keypoint benchmark and its declared protocols (one-line UserError)."""
+    from weakalign.cli import UserError
 
-    if bench == "pf-willow":
-        return {"default": PCKProtocol("bbox", (0.05, 0.1, 0.15), "per_pair"),
-                "per_keypoint": PCKProtocol("bbox", (0.1,), "per_keypoint"),
-                "image": PCKProtocol("image", (0.1,), "per_pair")}
-    return {"default": PCKProtocol("image_224", (0.05, 0.1, 0.15), "per_pair"),
-            "bbox": PCKProtocol("bbox", (0.1,), "per_pair"),
-            "per_keypoint": PCKProtocol("image_224", (0.1,), "per_keypoint")}
+    from ..data.registry import UndeclaredBenchmark, benchmark_spec
+
+    where = f"{params_path or 'params.yaml'}: evaluate"
+    try:
+        for bench in cfg["benchmarks"]:
+            benchmark_spec(bench)
+        for bench, names in (cfg.get("protocols") or {}).items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise UndeclaredBenchmark(f"protocols.{bench} must be a list of protocol names, got {names!r}")
+            benchmark_spec(bench).pck_protocols(names)
+    except UndeclaredBenchmark as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
-DENSE_MEASURES = {"caltech-101": ("LT-ACC", "IoU", "LOC-ERR"), "tss": ("FG3D", "JODS", "PASC", "average")}
+def protocols_for(bench: str, selected=None):
+    """The benchmark's declared PCK protocols (:class:`weakalign.data.registry.BenchmarkSpec`),
+    ``"default"`` first; ``selected`` keeps only those names (``evaluate.protocols.<bench>``).
+    A benchmark without declared PCK protocols raises ``UndeclaredBenchmark``."""
+    from ..data.registry import benchmark_spec
+
+    return benchmark_spec(bench).pck_protocols(selected)
 
 
 def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict, str]:
-    """Caltech-101 (LT-ACC, IoU, LOC-ERR) or TSS (flow PCK per subset) from cached transforms."""
-    from .dense import CALTECH_PROTOCOL, TSS_PROTOCOL, caltech_metrics, tss_metrics
+    """A dense benchmark (Caltech-101: LT-ACC, IoU, LOC-ERR; TSS: flow PCK per subset) from
+    cached transforms, with the scorer and measures its BenchmarkSpec declares."""
+    from ..data.registry import benchmark_spec
+    from .dense import SCORERS
 
-    protocol = CALTECH_PROTOCOL if bench == "caltech-101" else TSS_PROTOCOL
-    measures = DENSE_MEASURES[bench]
+    spec = benchmark_spec(bench)
+    score, protocol, row = SCORERS[spec.scorer]
+    measures = spec.measures
     out = {"available": True, "pairs": st["pairs"], "kind": "dense", "protocol": protocol, "measures": list(measures), "models": {}}
     rows = []
     for name, mst in st["models"].items():
@@ -251,17 +279,10 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
             out["models"][name] = {"available": False, "reason": mst.get("reason", "")}
             continue
         pred = load_predictions(mst["predictions"])
-        res = (caltech_metrics if bench == "caltech-101" else tss_metrics)(pred, dataset)
+        res = score(pred, dataset)
         entry = {}
         for kind, r in res["kinds"].items():
-            if bench == "caltech-101":
-                vals = {m: r[m] for m in measures}
-                entry[kind] = {**vals, "valid_pairs": r["valid_pairs"], "per_category": r["per_category"]}
-            else:
-                vals = {s_: r["per_subset"].get(s_, {}).get("pck") for s_ in measures[:-1]}
-                vals["average"] = r["average"]
-                entry[kind] = {**vals, "mean_over_pairs": r["mean_over_pairs"], "mean_without_flip": r["mean_without_flip"],
-                               "valid_pairs": r["valid_pairs"]}
+            vals, entry[kind] = row(r, measures)
             rows.append((name, kind, *[vals[m] for m in measures]))
         out["models"][name] = entry
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -271,12 +292,16 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
     return out, "\n".join(lines) + "\n"
 
 
-def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=None, bootstrap: dict | None = None) -> tuple[dict, str, dict]:
+def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=None, bootstrap: dict | None = None,
+                    protocols: dict | None = None) -> tuple[dict, str, dict]:
     """Metrics JSON, markdown tables and PCK-curve rows from a prediction ``status`` dict
     (as written by ``predict``); ``load_predictions(relpath)`` returns one cache and
     ``load_dataset(name)`` a dataset (only needed for the dense benchmarks, whose ground truth
     is masks / flow fields rather than points stored in the cache). Keypoint benchmarks also get
-    bootstrap intervals and paired differences (``bootstrap``: the ``evaluate.bootstrap`` block)."""
+    bootstrap intervals and paired differences (``bootstrap``: the ``evaluate.bootstrap`` block);
+    ``protocols``: the ``evaluate.protocols`` block (benchmark -> protocol names; default all)."""
+    from ..data.registry import benchmark_spec
+
     from .metrics import finite_or_none, keypoint_uncertainty, pck_markdown, pck_table
     from .pck import nonfinite_predictions
     from .predict import check_transfer_frame
@@ -287,13 +312,13 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             metrics[bench] = {"available": False, "reason": st.get("reason", "")}
             tables.append(f"### {bench}\n\nnot available: {st.get('reason', '')}\n")
             continue
-        if bench in DENSE_BENCHMARKS:
+        if benchmark_spec(bench).kind == "dense":
             if load_dataset is None:
                 raise ValueError(f"{bench}: dense metrics need load_dataset")
             metrics[bench], table = dense_metrics(bench, st, load_predictions, load_dataset(bench))
             tables.append(table)
             continue
-        protos = protocols_for(bench)
+        protos = protocols_for(bench, (protocols or {}).get(bench))
         metrics[bench] = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
         nonfinite, loaded = {}, {}
         for name, mst in st["models"].items():
@@ -352,6 +377,7 @@ def _metrics(args) -> int:
     t0 = time.time()
     root = project_root()
     cfg = load_block(args.params)
+    check_protocols(cfg, args.params)
     status_path = root / cfg["predictions_dir"] / "status.json"
     if not status_path.is_file():
         from weakalign.cli import UserError
@@ -362,7 +388,7 @@ def _metrics(args) -> int:
 
     metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"],
                                               load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg["max_pairs"]),
-                                              bootstrap=cfg["bootstrap"])
+                                              bootstrap=cfg["bootstrap"], protocols=cfg["protocols"])
     write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
     for bench, m in metrics.items():
         if m.get("nonfinite_predictions"):

@@ -37,7 +37,7 @@ from ..geometry import (
 )
 
 __all__ = [
-    "CALTECH_POLYGON_ORIGIN", "CALTECH_PROTOCOL", "LOC_ERR_SNAP", "TSS_ALPHA", "TSS_PROTOCOL",
+    "CALTECH_POLYGON_ORIGIN", "CALTECH_PROTOCOL", "LOC_ERR_SNAP", "SCORERS", "TSS_ALPHA", "TSS_PROTOCOL",
     "TSS_SUBSETS", "UNKNOWN_FLOW", "UNKNOWN_FLOW_THRESHOLD", "caltech_metrics",
     "caltech_pair_metrics", "dense_flow", "flow_pck", "localization_error", "polygon_mask",
     "tss_metrics", "tss_pair_pck", "tss_subset", "write_flo",
@@ -636,3 +636,23 @@ def tss_metrics(predictions: dict, dataset, kinds=None, *, alpha: float = TSS_AL
             "per_pair": [_nan_to_none(v) for v in vals],
         }
     return out
+
+
+def _caltech_row(result: dict, measures) -> tuple[dict, dict]:
+    vals = {m: result[m] for m in measures}
+    return vals, {**vals, "valid_pairs": result["valid_pairs"], "per_category": result["per_category"]}
+
+
+def _tss_row(result: dict, measures) -> tuple[dict, dict]:
+    vals = {s_: result["per_subset"].get(s_, {}).get("pck") for s_ in measures if s_ != "average"}
+    vals["average"] = result["average"]
+    return vals, {**vals, "mean_over_pairs": result["mean_over_pairs"], "mean_without_flip": result["mean_without_flip"],
+                  "valid_pairs": result["valid_pairs"]}
+
+
+#: Dense scorers named by :class:`weakalign.data.registry.BenchmarkSpec` ``scorer``:
+#: ``(metrics function, protocol text, row(result of one kind, measures) -> (table values, stored entry))``.
+SCORERS = {
+    "caltech": (caltech_metrics, CALTECH_PROTOCOL, _caltech_row),
+    "tss": (tss_metrics, TSS_PROTOCOL, _tss_row),
+}
