@@ -307,8 +307,18 @@ def test_unverified_file_refused_without_trust(server, tmp_path):
     res = fetch(src, tmp_path / "out", mirror=None, timeout=5, trust_unverified=True)
     assert "UNVERIFIED" in res.verified_by
     assert "UNVERIFIED" in (tmp_path / "out" / "pairs.csv.sha256").read_text()
-    # once accepted, it stays accepted while it matches the checksum noted then
-    assert fetch(src, tmp_path / "out", mirror=None, timeout=5).action == "present"
-    (tmp_path / "out" / "pairs.csv").write_bytes(data + b"x,y,1\n")
-    with pytest.raises(UnverifiedSourceError):
+    n_requests = len(server.log)
+    # its own UNVERIFIED note does not make it trusted on a later run: the flag is needed again
+    # (whoever can write data/ can write the note too)
+    with pytest.raises(UnverifiedSourceError, match=r"pairs\.csv: accepted earlier with "
+                       r"--trust-unverified .*pass --trust-unverified again"):
+        fetch(src, tmp_path / "out", mirror=None, timeout=5)
+    assert (tmp_path / "out" / "pairs.csv").read_bytes() == data  # refused, not deleted
+    res = fetch(src, tmp_path / "out", mirror=None, timeout=5, trust_unverified=True)
+    assert res.action == "present" and "UNVERIFIED" in res.verified_by
+    assert len(server.log) == n_requests  # re-checked in place, not downloaded again
+    # a note rewritten to look verified does not help either
+    note = tmp_path / "out" / "pairs.csv.sha256"
+    note.write_text(note.read_text().replace("UNVERIFIED", "official sha256"))
+    with pytest.raises(UnverifiedSourceError, match="--trust-unverified"):
         fetch(src, tmp_path / "out", mirror=None, timeout=5)

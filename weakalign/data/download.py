@@ -7,7 +7,8 @@
 - **A file with no known SHA-256 is refused** (:class:`UnverifiedSourceError`, reported as
   "not available") unless the user explicitly trusts it: ``weakalign --trust-unverified ...``
   (or ``fetch(..., trust_unverified=True)``). Such a file is then checked on its content
-  manifest alone, a warning is logged, and its ``.sha256`` note says "UNVERIFIED". A mirror's
+  manifest alone, a warning is logged, and its ``.sha256`` note says "UNVERIFIED"; a later
+  run that finds it in place refuses it again unless the flag is given again. A mirror's
   own ``SHA256SUMS`` is checked when present (a mismatch is an error) but never makes a file
   trusted: whoever controls the mirror controls that list too.
 - A file is written to ``<dest>.part`` and renamed to ``<dest>`` only after it has been
@@ -375,14 +376,16 @@ def fetch(src: SourceFile, dest_dir: Path, *, mirror: Path | None, timeout: floa
     relname = mirror_path.relative_to(mirror).as_posix() if mirror_path else None
 
     if dest.exists():
-        # a file accepted earlier with --trust-unverified stays accepted while it matches the
-        # checksum noted then
-        earlier = _trusted_earlier(dest, note) if not hash_known else False
+        # A file accepted earlier with --trust-unverified is NOT trusted again on the strength
+        # of its own .sha256 note (anyone who can write data/ can write the note): every run
+        # that uses it needs the flag again.
+        if not hash_known and not trust and _accepted_unverified_before(note):
+            raise UnverifiedSourceError(
+                f"{dest}: accepted earlier with --trust-unverified (its {note.name} says "
+                f"{UNVERIFIED_TAG}) but no SHA-256 is recorded for it; pass --trust-unverified "
+                "again to use it, or record its sha256 in weakalign/data/sources.py")
         try:
-            digest, how = verify_file(dest, src, mirror_sums, relname,
-                                      trust_unverified=trust or earlier)
-            if earlier and not trust:
-                how = "sha256 noted when it was accepted with --trust-unverified (UNVERIFIED)"
+            digest, how = verify_file(dest, src, mirror_sums, relname, trust_unverified=trust)
             return FetchResult(src, dest, digest, dest.stat().st_size, "present", how, "present")
         except UnverifiedSourceError:
             pass  # refused below, with the origin in the message
@@ -439,13 +442,9 @@ def fetch(src: SourceFile, dest_dir: Path, *, mirror: Path | None, timeout: floa
     return FetchResult(src, dest, digest, size, origin, how, "resumed" if resumed else "fetched")
 
 
-def _trusted_earlier(dest: Path, note: Path) -> bool:
-    """``dest`` was accepted with --trust-unverified and still has the checksum noted then."""
+def _accepted_unverified_before(note: Path) -> bool:
+    """``note`` (a ``<dest>.sha256``) says the file was accepted with --trust-unverified."""
     try:
-        text = note.read_text()
+        return UNVERIFIED_TAG in note.read_text()
     except OSError:
         return False
-    if UNVERIFIED_TAG not in text:
-        return False
-    first = text.split(None, 1)[0] if text.strip() else ""
-    return bool(first) and first == sha256_file(dest)
