@@ -5,12 +5,15 @@ missing, empty, truncated, refused (unsafe pickle) or malformed checkpoint, an N
 checkpoint, non-finite weights or metadata out of bounds (see
 :func:`weakalign.models.checkpoints.load_checkpoint`); an unreadable image or one over the
 pixel cap (checked on the header before decoding: ``--max-image-pixels``, default
-:data:`weakalign.data.images.DEFAULT_MAX_PIXELS`); a model that produces a non-finite
-transformation.
+:data:`weakalign.data.images.DEFAULT_MAX_PIXELS`) or with a side under 16 pixels
+(:func:`weakalign.data.images.check_alignable`; an aspect ratio over 10:1 is only a warning);
+an output folder (``--out``) that cannot be written (checked before the model runs); a model
+that produces a non-finite transformation (nothing is written then).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +36,14 @@ def _run(args) -> int:
 
     from . import figures
     from .cli import UserError
-    from .data.images import CorruptImageError, load_image, max_pixels
+    from .data.atomic import atomic_open, check_dir_writable, ensure_dir
+    from .data.images import (
+        CorruptImageError,
+        ImageShapeError,
+        check_alignable,
+        load_image,
+        max_pixels,
+    )
     from .models import load_checkpoint
     from .models.checkpoints import CheckpointFormatError, UnsafeCheckpointError
 
@@ -42,11 +52,18 @@ def _run(args) -> int:
     if not ckpt.is_file():
         raise UserError(f"model checkpoint {ckpt} not found: train it with `dvc repro` or pass --model PATH "
                         "(a weakalign checkpoint or a released .pth.tar)")
+    out = Path(args.out)
+    out_hint = "choose another folder with --out"
+    check_dir_writable(out, out_hint)  # before any work; created only when there is a result
     limit = args.max_image_pixels or max_pixels()
     try:
         src = load_image(args.source, max_pixels=limit)
         tgt = load_image(args.target, max_pixels=limit)
-    except CorruptImageError as exc:
+        for path, img in ((args.source, src), (args.target, tgt)):
+            warning = check_alignable(path, img.shape)
+            if warning:
+                print(f"weakalign align: warning: {warning}", file=sys.stderr)
+    except (CorruptImageError, ImageShapeError) as exc:
         raise UserError(str(exc)) from exc
     except Image.DecompressionBombError as exc:  # pragma: no cover - load_image converts it
         raise UserError(f"{args.source} / {args.target}: {exc}") from exc
@@ -60,14 +77,12 @@ def _run(args) -> int:
     if any(not bool(torch.isfinite(t).all()) for t in thetas):
         raise UserError(f"{ckpt}: the model produced a non-finite transformation for "
                         f"{args.source} -> {args.target}; no image written")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, out_hint)
     stem = f"{Path(args.source).stem}_to_{Path(args.target).stem}"
     kind = "affine_tps" if "affine_tps" in res["aligned"] else next(iter(res["aligned"]))
     aligned_path = out / f"{stem}_aligned.png"
-    tmp = aligned_path.with_name(f".{aligned_path.name}.tmp")
-    Image.fromarray(res["aligned"][kind]).save(tmp, format="PNG")
-    tmp.replace(aligned_path)
+    with atomic_open(aligned_path, "wb") as fh:
+        Image.fromarray(res["aligned"][kind]).save(fh, format="PNG")
     fig_path = figures.save(figures.figure(src, tgt, res, title=f"{args.source} -> {args.target}"), out / f"{stem}_matches.png")
     print(f"align: {kind.replace('_', '+')} with {ckpt.name}, {time.time() - t0:.1f}s -> {aligned_path}, {fig_path}")
     return 0

@@ -42,14 +42,16 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from PIL import Image
 
     from weakalign.data.archives import ArchiveContentError, UnsafeArchiveError
+    from weakalign.data.atomic import OutputNotWritableError
+    from weakalign.data.csvio import CsvFormatError
     from weakalign.data.download import VerificationError
-    from weakalign.data.images import CorruptImageError
+    from weakalign.data.images import CorruptImageError, ImageShapeError
     from weakalign.models.checkpoints import CheckpointFormatError, UnsafeCheckpointError
 
     return (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-            CheckpointFormatError, UnsafeCheckpointError, CorruptImageError,
-            Image.DecompressionBombError, VerificationError, UnsafeArchiveError,
-            ArchiveContentError, yaml.YAMLError)
+            CheckpointFormatError, UnsafeCheckpointError, CorruptImageError, ImageShapeError,
+            CsvFormatError, Image.DecompressionBombError, VerificationError, UnsafeArchiveError,
+            ArchiveContentError, OutputNotWritableError, yaml.YAMLError)
 
 
 def _global_options(p: argparse.ArgumentParser, default, trust: bool = True) -> None:

@@ -47,9 +47,12 @@ def _fetch(args) -> int:
     from .prepare import fetch_sources
     from .sources import resolve
 
+    from .atomic import ensure_dir
+
     t0 = time.time()
     root, mirror = _root(args), _mirror(args)
     sources = resolve(args.names)
+    ensure_dir(root, "choose another data folder (--root) or fix its permissions")
     print(f"fetch: {', '.join(args.names)} into {root}; {describe_mirror()}")
     try:
         status = fetch_sources(sources, root, mirror, timeout=args.timeout,
@@ -64,8 +67,8 @@ def _fetch(args) -> int:
     if bad and not args.allow_missing:
         from weakalign.cli import UserError
 
-        raise UserError(f"not available: {', '.join(bad)} (see above; --allow-missing to "
-                        "continue without them)")
+        reasons = "; ".join(f"{k}: {status[k].removeprefix('not available: ')}" for k in bad)
+        raise UserError(f"not available: {reasons} (--allow-missing to continue without them)")
     return 0
 
 

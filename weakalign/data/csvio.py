@@ -3,7 +3,10 @@
 Every reader raises :class:`CsvFormatError` (a ``ValueError``) naming the file, the line (1 is
 the header) and the column for: a missing file header column, a row with the wrong number of
 fields, an empty / NaN / infinite / non-numeric value, keypoint lists of different lengths
-(``XA`` vs ``YA`` vs ``XB`` vs ``YB``), and a row count different from the expected one.
+(``XA`` vs ``YA`` vs ``XB`` vs ``YB``), a row count different from the expected one, a file
+with no data rows, and a file that is not UTF-8 text or not parseable as CSV. Image paths are
+checked for being non-empty here; whether the files exist is checked by the datasets
+(:class:`weakalign.data.datasets.DatasetNotAvailable`).
 
 Formats (the official ones, as used by the reference code):
 
@@ -77,8 +80,14 @@ def _read(path, *, required: list[str] | None = None, num_columns: int | None = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pair list not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise CsvFormatError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                             "is this really the pair list?") from None
+    except csv.Error as exc:  # e.g. a NUL byte, an unterminated quote at the end
+        raise CsvFormatError(path, None, f"not a readable CSV ({exc})") from None
     if not rows or not any(c.strip() for c in rows[0]):
         raise CsvFormatError(path, 1, "empty file or empty header line")
     header = [h.strip() for h in rows[0]]
@@ -99,6 +108,8 @@ def _read(path, *, required: list[str] | None = None, num_columns: int | None = 
 
 
 def _check_rows(path, body, expected_rows):
+    if not body:
+        raise CsvFormatError(path, None, "no data rows (only a header)")
     if expected_rows is not None and len(body) != expected_rows:
         raise CsvFormatError(path, None, f"{len(body)} data rows, expected {expected_rows}")
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .archives import ArchiveContentError, UnsafeArchiveError, check_counts, count_members, list_members
-from .atomic import sha256_file, write_text
+from .atomic import ensure_dir, sha256_file, write_text
 from .sources import SourceFile
 
 CHUNK = 1 << 20
@@ -364,8 +364,7 @@ def fetch(src: SourceFile, dest_dir: Path, *, mirror: Path | None, timeout: floa
           allow_network: bool = True, trust_unverified: bool | None = None) -> FetchResult:
     """Make ``dest_dir/src.filename`` a verified copy of ``src`` (see module docstring)."""
     trust = _TRUST_UNVERIFIED if trust_unverified is None else bool(trust_unverified)
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir = ensure_dir(dest_dir, "choose another data folder (--root) or fix its permissions")
     dest = dest_dir / src.filename
     part = dest.with_name(dest.name + ".part")
     note = dest.with_name(dest.name + ".sha256")

@@ -33,6 +33,13 @@ is :data:`DEFAULT_MAX_PIXELS` (50 megapixels, e.g. 8660 x 5773), or the environm
 ``WEAKALIGN_MAX_IMAGE_PIXELS``, or :func:`set_max_pixels` / ``load_image(max_pixels=...)``
 (``weakalign align --max-image-pixels N``).
 
+Shape limits for alignment (:func:`check_alignable`, used by ``weakalign align``): an image
+with a side shorter than :data:`MIN_ALIGN_SIDE` (16 px) is refused with
+:class:`ImageShapeError` -- the network resizes every image to its input size (240 x 240), so a
+1 x 1 or 8 x 300 image is mostly interpolation and any "alignment" of it is meaningless; an
+aspect ratio above :data:`MAX_ALIGN_ASPECT` (10:1) only gives a warning, because it is squeezed
+to a square (a strip of a panorama may still align, poorly).
+
 Truncated or corrupt files raise :class:`CorruptImageError` (a ``ValueError``) naming the
 file; a missing file raises ``FileNotFoundError``. Pillow's global
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set by this package; if some other library has set
@@ -78,6 +85,33 @@ class ImageTooLargeError(CorruptImageError):
         ValueError.__init__(
             self, f"image {self.path} is too large to load: {what} > the cap of {self.limit:,} "
             f"pixels; use a smaller image or raise the cap (--max-image-pixels, ${MAX_PIXELS_ENV})")
+
+
+MIN_ALIGN_SIDE = 16
+MAX_ALIGN_ASPECT = 10.0
+
+
+class ImageShapeError(ValueError):
+    """An image too small to be aligned (see :func:`check_alignable`)."""
+
+
+def check_alignable(path, shape, min_side: int = MIN_ALIGN_SIDE,
+                    max_aspect: float = MAX_ALIGN_ASPECT) -> str | None:
+    """Refuse (:class:`ImageShapeError`) an image of ``shape`` (H, W, ...) with a side below
+    ``min_side``; return a warning (one line) if its aspect ratio exceeds ``max_aspect``, else
+    None. See the module docstring for why."""
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < min_side:
+        raise ImageShapeError(
+            f"image {path} is too small to align: {w} x {h} pixels; each side must be at least "
+            f"{min_side} pixels (every image is resized to the network's input size, so a "
+            "smaller one carries almost no information); use a larger image")
+    ratio = max(h, w) / min(h, w)
+    if ratio > max_aspect:
+        return (f"image {path} is {w} x {h} pixels, aspect ratio {ratio:.1f}:1 (over "
+                f"{max_aspect:g}:1); it is squeezed to a square for the network, so the "
+                "alignment may be poor; crop it closer to the object")
+    return None
 
 
 def set_max_pixels(n: int | None) -> None:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .archives import check_counts, count_tree, safe_extract
-from .atomic import write_json
+from .atomic import ensure_dir, write_json
 from .download import FetchResult, SourceUnavailable, fetch
 from .sources import SOURCES, SourceFile
 
@@ -35,8 +35,8 @@ def extract_archive(archive: Path, src: SourceFile, root: Path, log=print) -> st
     The archive is unpacked into a hidden staging folder beside the target, its content counted
     against the manifest, and only then are the top-level folders moved into place.
     """
-    parent = root / src.dataset
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = ensure_dir(root / src.dataset,
+                        "choose another data folder (--root) or fix its permissions")
     finals = [parent / d for d in src.extract_dirs]
     if finals and all(f.is_dir() for f in finals):
         if not check_counts(count_tree(parent, src.extract_dirs), src.expected, parent):
