@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "weakalign.align",
     "weakalign.notebooks",
     "weakalign.reports",
+    "weakalign.parity.commands",
 )
 
 
