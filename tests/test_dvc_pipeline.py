@@ -49,3 +49,184 @@ def test_dvc_resolves_the_pipeline_for_every_profile(tmp_path, profile):
     out = subprocess.run([str(dvc), "stage", "list"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "train_ncnet" in out.stdout and "evaluate_predict" in out.stdout
+
+
+# --- every stage depends on all the weakalign code its command imports ------------------------
+#
+# The import graph is static (ast over weakalign/, imports anywhere in a module, function-level
+# ones included, since the package imports lazily): from the module that registers the stage's
+# sub-command (and, for `weakalign notebook`, the notebook's own code cells), every weakalign
+# module reachable must be a dependency of the stage (the file or a folder holding it).
+# weakalign/cli.py is dispatch: it is imported for UserError, but the other sub-commands it
+# registers (and their imports) do not run, so the graph does not follow it.
+
+import ast
+import json
+import re
+
+PKG = ROOT / "weakalign"
+DISPATCH = {PKG / "cli.py"}
+
+
+def _module_file(name: str) -> Path | None:
+    p = ROOT.joinpath(*name.split("."))
+    if (p / "__init__.py").is_file():
+        return p / "__init__.py"
+    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
+
+
+def _package_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1])  # a module's package; for __init__.py the package itself
+
+
+def _imported_files(source: str, package: str) -> set:
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(pkg + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]  # `from pkg import module`
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != "weakalign":
+                continue
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__
+                f = _module_file(".".join(parts[:i]))
+                if f:
+                    out.add(f)
+    return out
+
+
+def import_closure(start_files, extra_sources=()) -> set:
+    todo = set(start_files)
+    for src in extra_sources:
+        todo |= _imported_files(src, "")
+    seen = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f not in DISPATCH:
+            todo |= _imported_files(f.read_text(), _package_of(f))
+    return seen - DISPATCH
+
+
+def _command_modules() -> dict:
+    """{sub-command word: module file} from the add_parser calls of the CLI's command modules."""
+    import weakalign.cli as cli
+
+    out = {}
+    for name in cli.COMMAND_MODULES:
+        f = _module_file(name)
+        for word in re.findall(r'add_parser\(\s*"([\w-]+)"', f.read_text()):
+            out.setdefault(word, f)
+    return out
+
+
+def _notebook_sources(cmd: str) -> list:
+    nb = re.search(r"notebook\s+(\S+\.ipynb)", cmd)
+    if not nb:
+        return []
+    cells = json.loads((ROOT / nb.group(1)).read_text())["cells"]
+    return ["\n".join(line for line in "".join(c["source"]).splitlines() if not line.lstrip().startswith(("%", "!")))
+            for c in cells if c["cell_type"] == "code"]
+
+
+def stage_code(cmd: str) -> set:
+    """Every weakalign file the stage's command imports (see above)."""
+    words = cmd.split()
+    assert words[0] == "weakalign", cmd
+    entry = _command_modules()[words[1]]
+    return import_closure({entry, PKG / "__init__.py"}, _notebook_sources(cmd))
+
+
+def _resolved_stages(dvc_yaml: Path) -> dict:
+    """{stage: (cmd, deps)} with foreach expanded (the first item stands for all: same code)."""
+    doc = yaml.safe_load(dvc_yaml.read_text())
+    out = {}
+    for name, st in doc["stages"].items():
+        body = st.get("do", st)
+        out[name] = (body["cmd"], [d if isinstance(d, str) else next(iter(d)) for d in body.get("deps", [])])
+    return out
+
+
+def missing_code_deps(dvc_yaml: Path) -> dict:
+    """{stage: [weakalign files it imports that no dependency covers]}."""
+    out = {}
+    for name, (cmd, deps) in _resolved_stages(dvc_yaml).items():
+        covered = [ROOT / d for d in deps if d.startswith("weakalign")]
+        miss = [f for f in stage_code(cmd) if not any(f == c or c in f.parents for c in covered)]
+        if miss:
+            out[name] = sorted(str(f.relative_to(ROOT)) for f in miss)
+    return out
+
+
+def test_every_stage_depends_on_all_the_code_it_imports():
+    assert missing_code_deps(ROOT / "dvc.yaml") == {}
+
+
+def test_the_dependency_check_fails_on_a_removed_dependency(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    cut = tmp_path / "dvc.yaml"
+    cut.write_text(text.replace("      - weakalign/data/csvio.py\n", "", 1) if "      - weakalign/data/csvio.py\n" in text
+                   else text.replace("      - weakalign/data\n", "", 1))
+    assert cut.read_text() != text
+    assert missing_code_deps(cut), "removing a dependency went unnoticed"
+
+
+def test_evaluation_stages_import_the_csv_readers():
+    # touching weakalign/data/csvio.py (where the keypoint CSVs are parsed) must re-run evaluation
+    stages = _resolved_stages(ROOT / "dvc.yaml")
+    for name in ("evaluate_predict", "evaluate_metrics"):
+        assert PKG / "data" / "csvio.py" in stage_code(stages[name][0]), name
+
+
+def test_import_graph_follows_relative_and_function_level_imports():
+    files = import_closure({PKG / "evaluation" / "commands.py"})
+    assert PKG / "evaluation" / "dense.py" in files  # `from .dense import SCORERS` inside a function
+    assert PKG / "data" / "registry.py" in files  # `from ..data.registry import ...`
+    assert PKG / "cli.py" not in files
+
+
+def test_model_paths_agree_with_params_and_the_training_outputs():
+    """Checkpoints written by the training stages (the code's ``outputs.checkpoint``) are the ones
+    dvc.yaml declares, and every checkpoint evaluate.models reads is a dependency of evaluate_predict."""
+    from weakalign.ncnet.params import config_from_file
+    from weakalign.training.params import read_params_file, resolve
+
+    doc, _ = read_params_file(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def outs(stage):
+        body = raw[stage].get("do", raw[stage])
+        return [o if isinstance(o, str) else next(iter(o)) for o in body["outs"]]
+
+    strong = resolve("train_strong", doc)["outputs"]["checkpoint"]
+    for item in raw["train_strong"]["foreach"]:
+        assert strong.format(model=item) in [o.replace("${item}", item) for o in outs("train_strong")]
+    weak = resolve("train_weak", doc)
+    assert weak["outputs"]["checkpoint"] in outs("train_weak")
+    for item in raw["train_weak_ablation"]["foreach"]:
+        assert weak["variant_outputs"]["checkpoint"].format(variant=item) in [o.replace("${item}", item) for o in outs("train_weak_ablation")]
+    assert config_from_file(str(ROOT / "params.yaml"))["outputs"]["checkpoint"] in outs("train_ncnet")
+    # every checkpoint the evaluation reads is a dependency (resolved through DVC's templating)
+    deps = set()
+    for d in raw["evaluate_predict"]["deps"]:
+        if d.startswith("${") and d.endswith("}"):
+            node = doc
+            for k in d[2:-1].split("."):
+                node = node[k]
+            d = node
+        deps.add(d)
+    for name, spec in doc["evaluate"]["models"].items():
+        for key in ("checkpoint", "affine", "tps"):
+            if key in spec:
+                assert spec[key] in deps, (name, spec[key])
