@@ -25,9 +25,16 @@ Faithful details of the reference implementation (ignacio-rocco/weakalign ``mode
   default is 0.
 * The two-stage score is the affine count plus the affine∘TPS count, **both on the stage-1
   correlation**; the TPS of the loss uses the regularisation factor 0.2 (reference default).
-* Composition: the reference bilinearly resamples the affine grid at the TPS grid and pushes
-  target cells whose TPS position is out of bounds far outside; here the affine is applied to
-  the TPS points analytically (exact, since the affine is linear) with the same out-of-bounds rule.
+* Composition (``composition=``): the reference (``geotnf/transformation.py``,
+  ``ComposedGeometricTnf``) computes the affine grid over the mask cells, sets cells whose affine
+  position is not strictly inside (-1, 1) to -1e10, bilinearly resamples that grid at the TPS
+  positions, and sets cells whose TPS position is not strictly inside (-1, 1) to -1e10 as well.
+  ``"reference"`` does exactly that (``weakalign parity``: equal to the original within 1e-7).
+  ``"analytic"`` (the default, kept because training results were produced with it) applies the
+  affine to the TPS points analytically and keeps TPS positions up to 1 + 1e-5 inclusive: it
+  differs from the original at the border (cells on the edge of [-1, 1], and cells whose
+  resampled neighbourhood contains an affine-out-of-bounds cell), by ~1e-3 on a normalised
+  score (``reports/parity/parity.md``).
 
 ``mask="none"`` is the ablation without an inlier mask: an all-ones mask is warped and
 normalised the same way, so the score is the mean match score of the target cells that the
@@ -45,7 +52,9 @@ from ..geometry.warp import warp_image
 
 REFERENCE_OFFSET_FACTOR = 227.0 / 210.0
 _FAR = -10.0  # grid value far outside [-1, 1]: grid_sample reads zeros there
-_BOUND_TOL = 1e-5  # inclusive bound, robust to float round-off at the border
+_BOUND_TOL = 1e-5  # inclusive bound, robust to float round-off at the border ("analytic")
+_REF_FAR = -1e10  # the reference's value for out-of-bounds grid cells ("reference")
+COMPOSITIONS = ("analytic", "reference")
 
 
 def identity_mask(h: int, w: int, tolerance: int = 0, shape: str = "square", dtype=torch.float32) -> torch.Tensor:
@@ -82,8 +91,12 @@ class SoftInlierCount(nn.Module):
         tps_reg_factor: float = 0.2,
         tps_grid_size: int = 3,
         eps: float = 1e-5,
+        composition: str = "analytic",
     ):
         super().__init__()
+        if composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+        self.composition = composition
         if mask == "identity":
             m = identity_mask(h, w, tolerance, shape)
         elif mask == "none":
@@ -103,6 +116,8 @@ class SoftInlierCount(nn.Module):
         o = self.offset_factor
         p = self.grid.to(ref.dtype).expand(ref.shape[0], -1, -1) / o
         kw = dict(tps_reg_factor=self.tps_reg_factor, grid_size=self.tps_grid_size)
+        if kind == "affine_tps" and self.composition == "reference":
+            return self._reference_composition(p, theta_aff, theta_tps, kw)
         if kind == "affine_tps":
             q = o * transform_points("tps", p, theta_tps=theta_tps, **kw)
             inside = (q.abs() <= 1 + _BOUND_TOL).all(1, keepdim=True)
@@ -111,6 +126,19 @@ class SoftInlierCount(nn.Module):
         else:
             out = o * transform_points(kind, p, theta_aff=theta_aff, theta_tps=theta_tps, **kw)
         return points_to_grid(out, self.h, self.w)
+
+    def _reference_composition(self, p, theta_aff, theta_tps, kw) -> torch.Tensor:
+        """The original's ``ComposedGeometricTnf`` (see the module docstring), step by step."""
+        o = self.offset_factor
+
+        def inside(grid):  # B x H x W x 2 -> B x H x W x 1: strictly inside (-1, 1)
+            return ((grid > -1) & (grid < 1)).all(-1, keepdim=True)
+
+        aff = points_to_grid(o * transform_points("affine", p, theta_aff=theta_aff), self.h, self.w)
+        aff = torch.where(inside(aff), aff, torch.full_like(aff, _REF_FAR))
+        tps = points_to_grid(o * transform_points("tps", p, theta_tps=theta_tps, **kw), self.h, self.w)
+        comp = warp_image(aff.permute(0, 3, 1, 2), tps).permute(0, 2, 3, 1)
+        return torch.where(inside(tps), comp, torch.full_like(comp, _REF_FAR))
 
     def warped_mask(self, kind: str, theta_aff=None, theta_tps=None) -> torch.Tensor:
         grid = self.mask_grid(kind, theta_aff, theta_tps)
