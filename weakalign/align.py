@@ -71,12 +71,12 @@ def _run(args) -> int:
         model, _ = load_checkpoint(ckpt)
     except (CheckpointFormatError, UnsafeCheckpointError) as exc:
         raise UserError(f"cannot use --model {ckpt}: {exc}") from exc
-    with torch.no_grad():
-        res = figures.align(model, src, tgt)
-    thetas = [t for t in (res["theta_aff"], res["theta_tps"]) if t is not None]
-    if any(not bool(torch.isfinite(t).all()) for t in thetas):
-        raise UserError(f"{ckpt}: the model produced a non-finite transformation for "
-                        f"{args.source} -> {args.target}; no image written")
+    try:
+        with torch.no_grad():
+            res = figures.align(model, src, tgt)
+    except figures.NonFiniteTransformError as exc:
+        raise UserError(f"{ckpt}: {exc} for {args.source} -> {args.target}; no image written "
+                        "(is the checkpoint damaged or the training diverged?)") from exc
     ensure_dir(out, out_hint)
     stem = f"{Path(args.source).stem}_to_{Path(args.target).stem}"
     kind = "affine_tps" if "affine_tps" in res["aligned"] else next(iter(res["aligned"]))

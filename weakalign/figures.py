@@ -1,6 +1,12 @@
 """Pictures: aligned pairs, keypoint transfer and the matches the inlier mask keeps.
 
 Used by ``notebooks/03_qualitative.ipynb`` and by ``weakalign align``.
+
+Layout of :func:`figure`: a top row of four panels (source, target, aligned source, keypoint
+transfer) and, below it across the full width, the match panel: source and target side by
+side at the same height, the :data:`MATCHES_DRAWN` strongest stage-1 matches drawn as thick
+lines, green when the inlier mask of the estimated transformation keeps them and red when it
+discards them, with a legend giving both counts.
 """
 
 from __future__ import annotations
@@ -19,12 +25,22 @@ from .geometry import sampling_grid, warp_image  # noqa: E402
 from .losses.inlier import SoftInlierCount  # noqa: E402
 
 
+MATCHES_DRAWN = 30
+INLIER_COLOUR, OUTLIER_COLOUR = "#00c000", "#e00000"
+
+
+class NonFiniteTransformError(ValueError):
+    """The model's transformation (or the sampling grid it gives) holds NaN or infinity."""
+
+
 @torch.inference_mode()
 def align(model, source: np.ndarray, target: np.ndarray) -> dict:
     """Run a two-stage (or one-stage) model on uint8 RGB arrays of any size.
 
     Returns the parameters, the source warped into the target frame at the target's full
-    resolution, and the stage-1 correlation."""
+    resolution, and the stage-1 correlation. Raises :class:`NonFiniteTransformError` if a
+    parameter or a sampling grid is not finite (huge but finite weights can overflow there),
+    instead of returning a silently black image."""
     size = tuple(model.config.image_size)
     s240, t240 = to_tensor(source, size)[None], to_tensor(target, size)[None]
     kind = model.geometric_model
@@ -34,11 +50,17 @@ def align(model, source: np.ndarray, target: np.ndarray) -> dict:
     else:
         theta, corr = model(s240, t240, return_correlation=True)
         ta, tt = (theta, None) if kind == "affine" else (None, theta)
+    for name, t in (("affine parameters", ta), ("TPS parameters", tt)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise NonFiniteTransformError(f"the model produced non-finite {name}")
     h, w = target.shape[:2]
     full = to_tensor(source)[None]
     aligned = {}
     for k in (("affine", "affine_tps") if kind == "affine_tps" else (kind,)):
         grid = sampling_grid(k, h, w, ta, tt)
+        if not bool(torch.isfinite(grid).all()):
+            raise NonFiniteTransformError(f"the model's {k.replace('_', '+')} transformation "
+                                          "overflows (non-finite sampling grid)")
         aligned[k] = (warp_image(full, grid)[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
     return {"theta_aff": ta, "theta_tps": tt, "corr": corr, "aligned": aligned, "kind": kind}
 
@@ -67,16 +89,59 @@ def _to_px(p: torch.Tensor, shape) -> np.ndarray:
     return np.stack(((p[:, 0].numpy() + 1) * (w - 1) / 2, (p[:, 1].numpy() + 1) * (h - 1) / 2), 1)
 
 
+def _same_height(img: np.ndarray, height: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    if h == height:
+        return img
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * height / h)), height), Image.BILINEAR))
+
+
+def _match_panel(ax, source: np.ndarray, target: np.ndarray, result: dict) -> None:
+    m = match_inliers(result)
+    hs, ws = source.shape[:2]
+    tgt = _same_height(target, hs)
+    gap = max(4, ws // 50)
+    canvas = np.concatenate((source, np.full((hs, gap, 3), 255, np.uint8), tgt), 1)
+    ax.imshow(canvas)
+    sp = _to_px(m["source"], source.shape)
+    tp = _to_px(m["target"], tgt.shape)
+    tp[:, 0] += ws + gap
+    order = torch.argsort(m["score"], descending=True)[:MATCHES_DRAWN].numpy()
+    keep = m["keep"].numpy()[order]
+    # outliers first, so the inliers are drawn on top
+    for kept, colour in ((False, OUTLIER_COLOUR), (True, INLIER_COLOUR)):
+        for i in order[keep == kept]:
+            ax.plot([sp[i, 0], tp[i, 0]], [sp[i, 1], tp[i, 1]], "-", color=colour, lw=2.2, alpha=0.9)
+            ax.plot([sp[i, 0], tp[i, 0]], [sp[i, 1], tp[i, 1]], "o", color=colour, ms=5, mec="white", mew=0.8)
+    from matplotlib.lines import Line2D
+
+    n_in = int(keep.sum())
+    handles = [Line2D([], [], color=INLIER_COLOUR, lw=3, label=f"inlier: kept by the mask ({n_in})"),
+               Line2D([], [], color=OUTLIER_COLOUR, lw=3, label=f"outlier: discarded ({len(order) - n_in})")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=12, frameon=False)
+    ax.set_title(f"{len(order)} strongest matches (source | target)", fontsize=13)
+
+
 def figure(source: np.ndarray, target: np.ndarray, result: dict, source_points=None, transferred=None, title: str = "") -> plt.Figure:
-    """Source | target | aligned source | keypoint transfer | matches kept (green) vs discarded (red)."""
+    """Source | target | aligned source | keypoint transfer on top; below, across the full width,
+    the strongest matches: green = kept by the inlier mask, red = discarded (legend)."""
     kind = "affine_tps" if "affine_tps" in result["aligned"] else next(iter(result["aligned"]))
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8))
+    # row heights from the pictures' aspect ratios, so neither row is letter-boxed: the top
+    # panels are a quarter of the width each, the match panel (two images side by side) all of it
+    top = max(img.shape[0] / img.shape[1] for img in (source, target)) / 4
+    bottom = source.shape[0] / (source.shape[1] + target.shape[1] * source.shape[0] / target.shape[0])
+    width = 18.0
+    fig = plt.figure(figsize=(width, width * (top + bottom) + 1.6), layout="constrained")
+    grid = fig.add_gridspec(2, 4, height_ratios=(top, bottom))
+    axes = [fig.add_subplot(grid[0, i]) for i in range(4)]
     for ax, img, t in zip(axes[:3], (source, target, result["aligned"][kind]), ("source", "target", f"aligned source ({kind.replace('_', '+')})")):
         ax.imshow(img)
-        ax.set_title(t)
+        ax.set_title(t, fontsize=12)
     ax = axes[3]
     ax.imshow(source)
-    ax.set_title("keypoint transfer (o: annotation, x: transferred)")
+    ax.set_title("keypoint transfer (o: annotation, x: transferred)", fontsize=12)
     if source_points is not None and transferred is not None:
         sp, tp = np.asarray(source_points) - 1, np.asarray(transferred) - 1  # 1-based -> 0-based for plotting
         for i in range(sp.shape[1]):
@@ -86,27 +151,12 @@ def figure(source: np.ndarray, target: np.ndarray, result: dict, source_points=N
             ax.plot(sp[0, i], sp[1, i], "o", mfc="none", mec=c, ms=9, mew=2)
             ax.plot(tp[0, i], tp[1, i], "x", color=c, ms=9, mew=2)
             ax.plot([sp[0, i], tp[0, i]], [sp[1, i], tp[1, i]], "-", color=c, lw=1)
-    ax = axes[4]
-    m = match_inliers(result)
-    hs, ws = source.shape[:2]
-    ht, wt = target.shape[:2]
-    scale = hs / ht
-    tgt_small = np.asarray(matplotlib.image.pil_to_array(__import__("PIL.Image", fromlist=["Image"]).fromarray(target).resize((max(1, int(wt * scale)), hs))))
-    canvas = np.concatenate((source, tgt_small), 1)
-    ax.imshow(canvas)
-    sp = _to_px(m["source"], source.shape)
-    tp = _to_px(m["target"], tgt_small.shape)
-    tp[:, 0] += ws
-    order = torch.argsort(m["score"], descending=True)[:60].numpy()
-    for i in order:
-        c = "lime" if bool(m["keep"][i]) else "red"
-        ax.plot([sp[i, 0], tp[i, 0]], [sp[i, 1], tp[i, 1]], "-", color=c, lw=1, alpha=0.8)
-    ax.set_title(f"60 strongest matches: kept {int(m['keep'][order].sum())} / discarded {int((~m['keep'][order]).sum())}")
-    for a in axes:
+    match_ax = fig.add_subplot(grid[1, :])
+    _match_panel(match_ax, source, target, result)
+    for a in (*axes, match_ax):
         a.axis("off")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=14)
     return fig
 
 
