@@ -235,3 +235,19 @@ def test_unknown_zip_compression_method_is_one_clear_error(tmp_path, box):
     with pytest.raises(ArchiveContentError, match=r"'top/a.txt' uses zip compression method 99"):
         list_members(arc)
     _extract_refused(arc, box, ArchiveContentError)
+
+
+def test_member_declaring_1_gib_refused_under_the_default_caps(tmp_path, box, monkeypatch):
+    # issue 20: a 1.8 MB zip wrote a 1 GiB file. Here a small member whose headers declare
+    # 1 GiB: refused on the declared size by the default 512 MiB cap, before anything is written
+    for env in ("WEAKALIGN_MAX_MEMBER_BYTES", "WEAKALIGN_MAX_EXTRACT_BYTES"):
+        monkeypatch.delenv(env, raising=False)
+    arc = _zip(tmp_path / "gib.zip", [("top/big.bin", bytes(1000))], zipfile.ZIP_DEFLATED)
+    raw = bytearray(arc.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size fields
+        i = raw.index(sig)
+        raw[i + off:i + off + 4] = (1 << 30).to_bytes(4, "little")
+    arc.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveTooLargeError, match=r"'top/big.bin' expands to 1,073,741,824\+ bytes"):
+        list_members(arc)
+    _extract_refused(arc, box, ArchiveTooLargeError)

@@ -322,3 +322,14 @@ def test_unverified_file_refused_without_trust(server, tmp_path):
     note.write_text(note.read_text().replace("UNVERIFIED", "official sha256"))
     with pytest.raises(UnverifiedSourceError, match="--trust-unverified"):
         fetch(src, tmp_path / "out", mirror=None, timeout=5)
+
+
+def test_urls_are_https_where_the_host_serves_it():
+    # the two hosts below serve plain http only; their files have no pinned hash, so they are
+    # refused unless the user passes --trust-unverified (test_unverified_file_refused_without_trust)
+    from urllib.parse import urlparse
+
+    http_only = {"www.hci.iis.u-tokyo.ac.jp", "host.robots.ox.ac.uk"}
+    for s in SOURCES.values():
+        u = urlparse(s.url)
+        assert u.scheme == "https" or u.hostname in http_only, s.url
