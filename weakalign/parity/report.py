@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from ..data.atomic import write_json, write_text
+from ..data.atomic import ensure_dir, write_json, write_text
 
 
 def versions() -> dict:
@@ -65,8 +65,7 @@ def markdown(doc: dict) -> str:
 
 
 def write_report(out_dir: str | Path, doc: dict) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out_dir, "choose another folder with --out")
     j, m = out_dir / "parity.json", out_dir / "parity.md"
     write_json(j, doc)
     write_text(m, markdown(doc))
