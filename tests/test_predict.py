@@ -47,3 +47,52 @@ def test_metrics_from_cached_predictions_hand_computed():
     assert table["result"].pck[0.1] == pytest.approx(2 / 3)
     assert table["result"].pck[0.2] == pytest.approx((2 / 3 + 1) / 2)  # thr 2 and 4
     assert table["per_category"] == {"a": {"0.1": pytest.approx(2 / 3), "0.2": pytest.approx(2 / 3)}, "b": {"0.1": pytest.approx(2 / 3), "0.2": pytest.approx(1.0)}}
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_optimized_fast_path_matches_naive_theta_and_per_pair_pck(tiny_willow, tiny_backbone, two_stage):
+    """The optimised path (traced BN-folded channels_last backbone, stage-1 features once per
+    image, batched stage-2 passes) against the pair-at-a-time oracle: max |dtheta| <= 1e-4 and
+    the same per-pair PCK at every alpha, for every transform kind."""
+    torch.manual_seed(1)
+    model = TwoStageCNNGeometric(CFG, backbone=tiny_backbone) if two_stage else CNNGeometric("affine", CFG, backbone=tiny_backbone)
+    fast = predict_pairs(model, tiny_willow, batch_size=4, progress=False, optimize=True)
+    plain = predict_pairs(model, tiny_willow, batch_size=7, progress=False, optimize=False)
+    slow = predict_pairs_naive(model, tiny_willow, progress=False)
+    protocol = PCKProtocol("bbox", (0.05, 0.1, 0.15, 0.2))
+    for other in (plain, slow):
+        for key in ("theta_aff", "theta_tps"):
+            if fast[key] is not None:
+                assert float((fast[key] - other[key]).abs().max()) <= 1e-4, key
+        for kind in fast["kinds"]:
+            a, b = pck_table(fast, protocol, kind)["result"].per_pair, pck_table(other, protocol, kind)["result"].per_pair
+            assert a == b, kind
+
+
+class _BakesBatchSize(torch.nn.Module):
+    """Adds the image's index in the batch: a trace made on one image bakes ``arange(1)``."""
+
+    def forward(self, x):
+        return x[:, :, ::16, ::16] + torch.arange(int(x.shape[0]), dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def test_optimized_backbone_is_traced_and_equal(tiny_backbone):
+    from weakalign.models.inference import optimized_backbone
+
+    x = tiny_backbone.normalize(torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    fast = optimized_backbone(tiny_backbone, x)
+    assert isinstance(fast.fast_body, torch.jit.ScriptModule)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), tiny_backbone.eval()(x), atol=1e-5)
+        assert fast(x).is_contiguous()
+
+
+def test_optimized_backbone_falls_back_when_the_trace_bakes_the_batch_size(tiny_backbone):
+    from weakalign.models.inference import optimized_backbone
+
+    tiny_backbone.body = _BakesBatchSize()
+    x = torch.rand(3, 3, 64, 64)
+    fast = optimized_backbone(tiny_backbone, x)
+    assert not isinstance(fast.fast_body, torch.jit.ScriptModule)  # eager fallback
+    with torch.no_grad():
+        assert torch.equal(fast(x), tiny_backbone(x))
