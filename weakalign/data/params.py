@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-
-from .paths import project_root
 
 DEFAULTS: dict = {
     "seed": 0,
@@ -36,31 +33,19 @@ DEFAULTS: dict = {
 }
 
 
-def _merge(base: dict, over: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if k not in base:
-            from weakalign.cli import UserError
-
-            raise UserError(f"{where}: unknown key {k!r} (known: {sorted(base)})")
-        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base[k], dict) else v
-    return out
-
-
 def load_params(path: str | Path | None = None) -> dict:
-    """The merged ``data`` parameters. ``path`` defaults to ``<project root>/params.yaml``;
-    a missing file means "all defaults"."""
-    from weakalign.training.params import check_values, read_params_file
+    """The merged ``data`` parameters (:func:`weakalign.config.resolve_block`: unknown keys,
+    types and ranges checked). ``path`` defaults to ``<project root>/params.yaml``; a missing
+    default file means "all defaults"."""
+    from weakalign.config import load_block
 
-    p = Path(path) if path else project_root() / "params.yaml"
-    block = {}
-    if p.is_file():
-        doc, _ = read_params_file(p)  # malformed / empty / unknown top-level keys: errors
-        block = doc.get("data") or {}
-        if not isinstance(block, dict):
-            from weakalign.cli import UserError
+    return load_block("data", path)
 
-            raise UserError(f"{p}: data must be a mapping, got {block!r}")
-    merged = _merge(DEFAULTS, block, f"{p}: data")
-    check_values("data", merged, DEFAULTS)  # non-negative counts, finite numbers, types
-    return merged
+
+def _register() -> None:
+    from weakalign.config import BlockSchema, register
+
+    register("data", BlockSchema(lambda: DEFAULTS, profiled=False))
+
+
+_register()

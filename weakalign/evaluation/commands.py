@@ -45,7 +45,18 @@ DEFAULTS = {
     "metrics": "reports/metrics/pck.json",
     "plots_dir": "reports/plots",
     "tables_dir": "reports/tables",
-    "models": {"identity": {"type": "identity"}},
+    # name -> spec, in table order (as params.yaml states them)
+    "models": {
+        "identity": {"type": "identity"},
+        "strong_affine": {"checkpoint": "models/strong_affine.pt"},
+        "strong_tps": {"checkpoint": "models/strong_tps.pt"},
+        "strong_affine_tps": {"affine": "models/strong_affine.pt", "tps": "models/strong_tps.pt"},
+        "weak_affine_tps": {"checkpoint": "models/weak_affine_tps.pt"},
+        "weak, no inlier mask": {"checkpoint": "models/ablations/no_mask.pt"},
+        "weak, mask tolerance 1": {"checkpoint": "models/ablations/tolerance_1.pt"},
+        "weak, mask tolerance 2": {"checkpoint": "models/ablations/tolerance_2.pt"},
+        "ncnet": {"type": "ncnet", "checkpoint": "models/ncnet.pt"},
+    },
     "reference_checkpoints_dir": "models/reference",
     "max_pairs": 0,
     # benchmark -> names of the declared PCK protocols to report ({} = all; "default" always kept)
@@ -69,26 +80,45 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _validate(block: str, cfg: dict) -> None:
+    """Rules of the evaluate block after the generic type/range checks of weakalign.config
+    (non-negative max_pairs, numbers are numbers, no NaN: there)."""
+    from ..config import user_error
+
+    if cfg["batch_size"] < 1:
+        raise user_error(f"{block}.batch_size must be >= 1, got {cfg['batch_size']!r}")
+    if not all(isinstance(b, str) for b in cfg["benchmarks"]):
+        raise user_error(f"{block}.benchmarks must be a list of benchmark names, got {cfg['benchmarks']!r}")
+    if not isinstance(cfg["models"], dict) or not all(isinstance(v, dict) for v in cfg["models"].values()):
+        raise user_error(f"{block}.models must map model names to specs ({{checkpoint: path}}, ...), got {cfg['models']!r}")
+    if not isinstance(cfg["protocols"], dict):
+        raise user_error(f"{block}.protocols must map benchmark names to lists of protocol names, got {cfg['protocols']!r}")
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0 for a in cfg["alphas_curve"]):
+        raise user_error(f"{block}.alphas_curve must be a list of numbers > 0, got {cfg['alphas_curve']!r}")
+    b = cfg["bootstrap"]
+    if b["resamples"] < 1:
+        raise user_error(f"{block}.bootstrap.resamples must be >= 1, got {b['resamples']!r}")
+    if not 0 < b["confidence"] < 1:
+        raise user_error(f"{block}.bootstrap.confidence must be between 0 and 1 (e.g. 0.95), got {b['confidence']!r}")
+    if b["method"] not in ("bca", "percentile"):
+        raise user_error(f"{block}.bootstrap.method must be bca or percentile, got {b['method']!r}")
+
+
+def _register() -> None:
+    from ..config import BlockSchema, register
+
+    register("evaluate", BlockSchema(lambda: DEFAULTS, frozenset({("models",), ("protocols",)}), validate=_validate))
+
+
+_register()
+
+
 def load_block(params_path: str | Path | None) -> dict:
-    import yaml
+    """The effective ``evaluate`` block (:func:`weakalign.config.resolve_block`: deep merge of
+    ``profiles.<profile>.evaluate``, unknown keys, types and ranges checked)."""
+    from ..config import load_block as _load
 
-    from ..data.paths import project_root
-
-    p = Path(params_path) if params_path else project_root() / "params.yaml"
-    block = {}
-    if p.is_file():
-        doc = yaml.safe_load(p.read_text()) or {}
-        block = doc.get("evaluate") or {}
-        profile = doc.get("profile") or "default"
-        override = ((doc.get("profiles") or {}).get(profile) or {}).get("evaluate")
-        if profile != "default" and override:
-            block = {**block, **override}  # shallow: a profile replaces whole keys (e.g. its own models list)
-    unknown = set(block) - set(DEFAULTS)
-    if unknown:
-        from weakalign.cli import UserError
-
-        raise UserError(f"{p}: evaluate (with the selected profile): unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-    return {**DEFAULTS, **block}
+    return _load("evaluate", params_path)
 
 
 def model_specs(cfg: dict, root: Path) -> dict:
@@ -180,6 +210,7 @@ def _predict(args) -> int:
     from ..data.atomic import atomic_open
     from ..data.paths import project_root
     from ..data.registry import DatasetNotAvailable, benchmark_spec, get_dataset
+    from ..info import environment
     from .predict import predict_pairs
 
     t0 = time.time()
@@ -196,7 +227,7 @@ def _predict(args) -> int:
             status[bench] = {"available": False, "reason": _short_reason(exc)}
             print(f"{bench}: not available ({status[bench]['reason']})")
             continue
-        status[bench] = {"available": True, "pairs": len(ds), "models": {}}
+        status[bench] = {"available": True, "pairs": len(ds), "models": {}, "environment": environment(cfg["device"])}
         if getattr(ds, "pairs_total", None):
             status[bench]["pairs_total"] = ds.pairs_total
             print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
@@ -320,6 +351,8 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
             continue
         protos = protocols_for(bench, (protocols or {}).get(bench))
         metrics[bench] = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "protocols": {k: p.to_dict() for k, p in protos.items()}, "models": {}}
+        if st.get("environment"):  # the machine that ran the predictions (weakalign.info.environment)
+            metrics[bench]["environment"] = st["environment"]
         nonfinite, loaded = {}, {}
         for name, mst in st["models"].items():
             if not mst.get("available"):

@@ -1,7 +1,7 @@
 """The ``train_ncnet:`` block of ``params.yaml``.
 
-Resolved like the other training blocks (:mod:`weakalign.training.params`), later wins, each
-level merged key by key (lists replaced whole), unknown keys are errors:
+Resolved like every block (:mod:`weakalign.config`), later wins, each level merged key by key
+(lists replaced whole), unknown keys are errors:
 
 1. :data:`NCNET_DEFAULTS` below (the CPU-sized ``default`` profile; ``docs/ncnet.md`` says why);
 2. the ``train_ncnet:`` block of ``params.yaml``;
@@ -38,8 +38,7 @@ NCNET_DEFAULTS: dict = {
         # pf-pascal-paper) or {csv: path, image_root: folder}
         "train": "train",
         "val": "val",
-        # 0 = all. 600 = the same seeded subset of pairs as train_weak (same seed, same key)
-        "max_train_pairs": 600,
+        "max_train_pairs": 0,  # 0 = all (the same pairs as train_weak: same seed, same key)
         "max_val_pairs": 0,
         "use_flip": True,  # honour the flip column (both images mirrored)
     },
@@ -74,26 +73,21 @@ def _user_error(msg: str) -> Exception:
 
 
 def resolve_ncnet(doc: dict, where: str = "params.yaml", profile: str | None = None, overrides: dict | None = None) -> dict:
-    """Effective ``train_ncnet`` parameters (module docstring); carries ``_profile``."""
-    cfg = merge(NCNET_DEFAULTS, doc.get(BLOCK) or {}, f"{where}: {BLOCK}")
-    profile = profile or doc.get("profile") or "default"
-    profiles = doc.get("profiles") or {}
-    if profile != "default" and profile not in profiles:
-        raise _user_error(f"{where}: unknown profile {profile!r} (defined: default, {', '.join(sorted(profiles)) or '-'})")
-    prof = profiles.get(profile) or {}
-    if not isinstance(prof, dict):
-        raise _user_error(f"{where}: profiles.{profile} must be a mapping")
-    cfg = merge(cfg, prof.get(BLOCK) or {}, f"{where}: profiles.{profile}.{BLOCK}")
+    """Effective ``train_ncnet`` parameters (module docstring; rules of
+    :func:`weakalign.config.resolve_block`); carries ``_profile``."""
+    from ..config import resolve_block, validate_block
+
+    cfg, profile = resolve_block(BLOCK, doc, where, profile, validate=False)
     cfg = merge(cfg, overrides or {}, "--set")
-    validate(cfg)
+    validate_block(BLOCK, cfg)
     cfg["_profile"] = profile
     return cfg
 
 
 def validate(cfg: dict) -> None:
-    from ..training.params import check_schedule, check_values
+    """Rules of the block after the generic type/range checks of weakalign.config."""
+    from ..training.params import check_schedule
 
-    check_values(BLOCK, cfg, NCNET_DEFAULTS)  # types, non-negative counts, finite numbers
     check_schedule(BLOCK, cfg["schedule"])
     if int(cfg["batch_size"]) < 2:
         raise _user_error(f"{BLOCK}.batch_size must be >= 2 (the negatives pair each target with another pair's source)")
@@ -119,3 +113,13 @@ def config_from_file(params: str | None = None, profile: str | None = None, sets
     """``resolve_ncnet`` of a params file (default: the project's ``params.yaml``)."""
     doc, path = read_params_file(params)
     return resolve_ncnet(doc, where=str(path), profile=profile, overrides=parse_set(sets))
+
+
+def _register() -> None:
+    from ..config import BlockSchema, register
+
+    register(BLOCK, BlockSchema(lambda: NCNET_DEFAULTS, frozenset({("data", "train"), ("data", "val")}),
+                                validate=lambda block, cfg: validate(cfg)))
+
+
+_register()

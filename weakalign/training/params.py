@@ -1,10 +1,12 @@
 """The ``train_strong:`` and ``train_weak:`` blocks of ``params.yaml``, and profiles.
 
-Resolution order (later wins), each level merged key by key (lists are replaced whole):
+Resolution order (later wins), each level merged key by key (lists are replaced whole); the
+merging, profile and checking rules are those of every block, :mod:`weakalign.config`:
 
-1. the defaults below (:data:`STRONG_DEFAULTS`, :data:`WEAK_DEFAULTS`);
-2. the block in ``params.yaml`` (``train_strong:`` / ``train_weak:``) -- this *is* the
-   ``default`` profile;
+1. the defaults below (:data:`STRONG_DEFAULTS`, :data:`WEAK_DEFAULTS`), the one place they are
+   defined;
+2. the block in ``params.yaml`` (``train_strong:`` / ``train_weak:``), which restates them
+   (``tests/test_params_defaults.py`` fails if a value there differs from the code's);
 3. ``profiles.<name>.train_strong`` / ``profiles.<name>.train_weak`` for the selected profile:
    the top-level ``profile:`` key of ``params.yaml`` (``default`` when absent), or the
    ``--profile`` option of the command;
@@ -58,12 +60,12 @@ STRONG_DEFAULTS: dict = {
     # random: new random transformations every epoch (reference --random-sample 1); the frozen
     #         backbone runs at every step.
     "pairs": "fixed",
-    "pairs_per_image": 1,
+    "pairs_per_image": 2,  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
     "cache_dir": "data/cache/features",
     "batch_size": 16,  # global batch (divided among DDP ranks)
     # phases run one after the other; restart_from_best reloads the best weights so far with a
     # fresh optimiser (the reference's second run: --model best ... --lr 2e-4)
-    "schedule": [{"epochs": 10, "lr": 1.0e-3}],
+    "schedule": [{"epochs": 3, "lr": 1.0e-3}, {"epochs": 1, "lr": 2.0e-4, "restart_from_best": True}],
     "weight_decay": 0.0,
     "num_workers": 0,
     "checkpoint_every": 100,  # steps between training-state checkpoints (and every epoch end)
@@ -112,7 +114,7 @@ WEAK_DEFAULTS: dict = {
         "tps_reg_factor": 0.2,
     },
     "batch_size": 16,
-    "schedule": [{"epochs": 3, "lr": 1.0e-5}],
+    "schedule": [{"epochs": 3, "lr": 5.0e-5}],
     "weight_decay": 0.0,
     # heldout_weak_score: mean soft-inlier score on held-out pairs (no keypoints; default)
     # pf_pascal_val_pck: PCK@0.1 on the PF-PASCAL validation pairs (reference code; uses keypoints)
@@ -155,19 +157,11 @@ def _user_error(msg: str) -> Exception:
 
 
 def merge(base: dict, over: dict | None, where: str, path: tuple = ()) -> dict:
-    """``over`` merged into a copy of ``base``; keys unknown to ``base`` are an error."""
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        kp = path + (k,)
-        if path + (k,) in FREE_FORM or path in FREE_FORM:
-            out[k] = copy.deepcopy(v)
-            continue
-        if k not in base:
-            raise _user_error(f"{where}: unknown key {'.'.join(kp)!r} (known here: {', '.join(sorted(base))})")
-        if isinstance(base[k], dict) and base[k] and not isinstance(v, dict):
-            raise _user_error(f"{where}: {'.'.join(kp)} must be a mapping, got {v!r}")
-        out[k] = merge(base[k], v, where, kp) if isinstance(base[k], dict) and base[k] else copy.deepcopy(v)
-    return out
+    """``over`` merged into a copy of ``base``; keys unknown to ``base`` are an error
+    (:func:`weakalign.config.merge` with the training blocks' free-form entries)."""
+    from ..config import merge as _merge
+
+    return _merge(base, over, where, frozenset(FREE_FORM), path)
 
 
 def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
@@ -179,8 +173,10 @@ def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
 
     from ..data.paths import project_root
 
-    known_top = ("data", "profile", "profiles", "train_strong", "train_weak", "train_ncnet", "evaluate")
-    known_profile_blocks = ("train_strong", "train_weak", "train_ncnet", "evaluate")
+    from ..config import BLOCK_MODULES, PROFILED_BLOCKS
+
+    known_top = (*BLOCK_MODULES, "profile", "profiles")
+    known_profile_blocks = PROFILED_BLOCKS
     p = Path(path) if path else project_root() / "params.yaml"
     if not p.is_file():
         if path:
@@ -247,96 +243,38 @@ def parse_set(items: list[str] | None) -> dict:
 
 
 def resolve(block: str, doc: dict, where: str = "params.yaml", profile: str | None = None, variant: str | None = None, overrides: dict | None = None) -> dict:
-    """The effective parameters of ``block`` (see the module docstring). The result carries
+    """The effective parameters of ``block`` (see the module docstring; the merging, profile and
+    validation rules are :func:`weakalign.config.resolve_block`'s). The result carries
     ``_profile`` and ``_variant`` entries (never part of the parameters themselves)."""
-    defaults = BLOCKS[block]
-    cfg = merge(defaults, doc.get(block) or {}, f"{where}: {block}")
-    profile = profile or doc.get("profile") or "default"
-    profiles = doc.get("profiles") or {}
-    if profile != "default":
-        if profile not in profiles:
-            raise _user_error(f"{where}: unknown profile {profile!r} (defined: default, {', '.join(sorted(profiles)) or '-'})")
-    prof = (profiles.get(profile) or {})
-    if not isinstance(prof, dict):
-        raise _user_error(f"{where}: profiles.{profile} must be a mapping")
-    cfg = merge(cfg, prof.get(block) or {}, f"{where}: profiles.{profile}.{block}")
+    from ..config import merge as _merge
+    from ..config import resolve_block, validate_block
+
+    if block not in BLOCKS:
+        raise _user_error(f"unknown training block {block!r} (known: {', '.join(BLOCKS)})")
+    cfg, profile = resolve_block(block, doc, where, profile, validate=False)
+    free = frozenset(FREE_FORM)
     if variant not in (None, "", "default"):
         if block != "train_weak":
             raise _user_error("variants exist for train_weak only")
         variants = cfg.get("variants") or {}
         if variant not in variants:
             raise _user_error(f"{where}: unknown train_weak variant {variant!r} (defined: {', '.join(sorted(variants)) or '-'})")
-        over = {k: v for k, v in (variants[variant] or {}).items()}
-        cfg = merge(cfg, over, f"{where}: train_weak.variants.{variant}")
+        cfg = _merge(cfg, dict(variants[variant] or {}), f"{where}: train_weak.variants.{variant}", free)
     else:
         variant = "default"
-    cfg = merge(cfg, overrides or {}, "--set")
-    _validate(block, cfg)
+    cfg = _merge(cfg, overrides or {}, "--set", free)
+    validate_block(block, cfg)
     cfg["_profile"] = profile
     cfg["_variant"] = variant
     return cfg
 
 
 def check_values(block: str, cfg, defaults, path: tuple = ()) -> None:
-    """Types and ranges of a resolved block against its defaults: a key whose default is an
-    int must be a non-negative int (counts, limits, seeds, workers...), a bool a bool, a float
-    a finite number, a list a list (of positive ints when the default is one: sizes, kernels,
-    channels); no NaN or infinite number anywhere. Free-form entries are checked for
-    non-finite numbers only."""
-    import math
+    """Types and ranges against the defaults (:func:`weakalign.config.check_values`, with the
+    training blocks' free-form entries)."""
+    from ..config import check_values as _check
 
-    def name(kp):
-        return ".".join((block, *map(str, kp)))
-
-    def finite(v, kp):
-        if isinstance(v, float) and not math.isfinite(v):
-            raise _user_error(f"{name(kp)} must be a finite number, got {v!r}")
-        if isinstance(v, dict):
-            for k, x in v.items():
-                finite(x, kp + (k,))
-        elif isinstance(v, list):
-            for i, x in enumerate(v):
-                finite(x, kp[:-1] + (f"{kp[-1]}[{i}]",) if kp else (f"[{i}]",))
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not path:
-        finite(cfg, ())
-    if not isinstance(cfg, dict) or not isinstance(defaults, dict):
-        return
-    for k, v in cfg.items():
-        if isinstance(k, str) and k.startswith("_"):
-            continue
-        kp = path + (k,)
-        if kp in FREE_FORM or path in FREE_FORM or k not in defaults:
-            continue
-        d = defaults[k]
-        if d is None:
-            continue
-        if isinstance(d, bool):
-            if not isinstance(v, bool):
-                raise _user_error(f"{name(kp)} must be true or false, got {v!r}")
-        elif isinstance(d, int):
-            if not is_int(v) or v < 0:
-                raise _user_error(f"{name(kp)} must be a non-negative integer, got {v!r}")
-        elif isinstance(d, float):
-            if not (is_int(v) or isinstance(v, float)):
-                raise _user_error(f"{name(kp)} must be a number, got {v!r}")
-        elif isinstance(d, str):
-            if not isinstance(v, str):
-                raise _user_error(f"{name(kp)} must be a string, got {v!r}")
-        elif isinstance(d, list):
-            if not isinstance(v, list):
-                raise _user_error(f"{name(kp)} must be a list, got {v!r}")
-            if d and all(is_int(x) for x in d) and not all(is_int(x) and x > 0 for x in v):
-                raise _user_error(f"{name(kp)} must be a list of positive integers, got {v!r}")
-            if k in ("image_size", "load_size") and len(v) != 2:
-                raise _user_error(f"{name(kp)} must be [h, w] (two positive integers), got {v!r}")
-        elif isinstance(d, dict):
-            if not isinstance(v, dict):
-                raise _user_error(f"{name(kp)} must be a mapping, got {v!r}")
-            check_values(block, v, d, kp)
+    _check(block, cfg, defaults, frozenset(FREE_FORM), path)
 
 
 def check_schedule(block: str, sched) -> None:
@@ -358,7 +296,7 @@ def check_schedule(block: str, sched) -> None:
 
 
 def _validate(block: str, cfg: dict) -> None:
-    check_values(block, cfg, BLOCKS[block])
+    """Rules of the training blocks after the generic type/range checks of weakalign.config."""
     check_schedule(block, cfg["schedule"])
     if int(cfg["batch_size"]) < 1:
         raise _user_error(f"{block}.batch_size must be >= 1")
@@ -393,3 +331,14 @@ def weak_label(cfg: dict) -> str:
         return "no inlier mask"
     shape = "" if loss["shape"] == "square" or int(loss["tolerance"]) == 0 else f" ({loss['shape']})"
     return f"inlier mask, tolerance {int(loss['tolerance'])}{shape}"
+
+
+def _register() -> None:
+    from ..config import BlockSchema, register
+
+    for name, defaults in BLOCKS.items():
+        free = frozenset(p for p in FREE_FORM if name == "train_weak" or p[0] == "data")
+        register(name, BlockSchema(lambda d=defaults: d, free, validate=_validate))
+
+
+_register()

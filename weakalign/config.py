@@ -1,0 +1,213 @@
+"""One resolver for every block of ``params.yaml`` (data, train_strong, train_weak, train_ncnet,
+evaluate).
+
+Conventions (the same for every block):
+
+1. **Defaults** live in one module per block (:data:`BLOCK_MODULES` says which); the values the
+   top-level blocks of ``params.yaml`` state must equal them (``tests/test_params_defaults.py``):
+   params.yaml shows the defaults and DVC tracks them, it does not redefine them. What the
+   pipeline chooses differently is a **profile** (``profiles.<name>.<block>``, ``default``
+   included).
+2. **Deep merge**, later wins: defaults <- top-level block <- ``profiles.<profile>.<block>``
+   (blocks with profiles only; ``profile`` = the argument, else the top-level ``profile:`` key,
+   else ``default``) <- extra levels (a ``train_weak`` variant, ``--set`` options). Mappings are
+   merged key by key, so a profile that overrides one nested key keeps the others; lists and
+   scalars are replaced whole.
+3. **Unknown keys are errors**, except inside the block's free-form entries (model lists,
+   variants, image-list specs...). An unknown profile is an error.
+4. **Types and ranges** (:func:`check_values`): a key whose default is an integer must be a
+   non-negative integer (counts, limits, seeds, workers), a float a number, a bool a bool, a
+   string a string, a list a list; no NaN or infinity anywhere; then the block's own rules
+   (positive batch size and learning rates, known choices).
+
+Every error is one line naming the file, the key and what to do (:class:`weakalign.cli.UserError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+def user_error(msg: str) -> Exception:
+    from weakalign.cli import UserError
+
+    return UserError(msg)
+
+
+@dataclass(frozen=True)
+class BlockSchema:
+    """Where a block's defaults live and how it is checked."""
+
+    defaults: Callable[[], dict]  # returns the defaults dict (imported lazily)
+    free_form: frozenset = frozenset()  # key paths (tuples) whose contents are not checked against defaults
+    profiled: bool = True  # profiles.<name>.<block> applies
+    validate: Callable[[str, dict], None] | None = None  # block rules after the generic checks
+
+
+#: The module holding each block's defaults; it registers the block's :class:`BlockSchema`
+#: with :func:`register` when imported (so this module imports none of them: a command that
+#: resolves a block has imported its defaults module itself).
+BLOCK_MODULES = {
+    "data": "weakalign.data.params",
+    "train_strong": "weakalign.training.params",
+    "train_weak": "weakalign.training.params",
+    "train_ncnet": "weakalign.ncnet.params",
+    "evaluate": "weakalign.evaluation.commands",
+}
+#: Blocks a profile may override (``profiles.<name>.<block>``); ``data`` has no profiles (its
+#: stages track ``data.*`` only).
+PROFILED_BLOCKS = ("train_strong", "train_weak", "train_ncnet", "evaluate")
+_SCHEMAS: dict = {}
+
+
+def register(block: str, schema: BlockSchema) -> None:
+    if block not in BLOCK_MODULES:
+        raise ValueError(f"unknown params block {block!r}; add it to weakalign.config.BLOCK_MODULES")
+    if schema.profiled != (block in PROFILED_BLOCKS):
+        raise ValueError(f"params block {block!r}: profiled must be {block in PROFILED_BLOCKS}")
+    _SCHEMAS[block] = schema
+
+
+def schema(block: str) -> BlockSchema:
+    if block not in _SCHEMAS:
+        import importlib
+
+        if block not in BLOCK_MODULES:
+            raise user_error(f"unknown params block {block!r} (known: {', '.join(BLOCK_MODULES)})")
+        importlib.import_module(BLOCK_MODULES[block])
+    return _SCHEMAS[block]
+
+
+def merge(base: dict, over: dict | None, where: str, free_form=frozenset(), path: tuple = ()) -> dict:
+    """``over`` merged into a deep copy of ``base`` (mappings key by key, everything else
+    replaced); a key unknown to ``base`` is an error outside the ``free_form`` paths."""
+    out = copy.deepcopy(base)
+    if over is None:
+        return out
+    if not isinstance(over, dict):
+        raise user_error(f"{where}: {'.'.join(path) or 'the block'} must be a mapping, got {over!r}")
+    for k, v in over.items():
+        kp = path + (k,)
+        if kp in free_form or path in free_form:
+            out[k] = copy.deepcopy(v)
+            continue
+        if k not in base:
+            raise user_error(f"{where}: unknown key {'.'.join(map(str, kp))!r} (known here: {', '.join(sorted(map(str, base)))}); "
+                             "fix the spelling or remove it")
+        if isinstance(base[k], dict) and base[k] and not isinstance(v, dict):
+            raise user_error(f"{where}: {'.'.join(map(str, kp))} must be a mapping, got {v!r}")
+        out[k] = merge(base[k], v, where, free_form, kp) if isinstance(base[k], dict) and base[k] else copy.deepcopy(v)
+    return out
+
+
+def check_values(block: str, cfg, defaults, free_form=frozenset(), path: tuple = ()) -> None:
+    """Types and ranges of a resolved block against its defaults (module docstring, 4.)."""
+
+    def name(kp):
+        return ".".join((block, *map(str, kp)))
+
+    def finite(v, kp):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise user_error(f"{name(kp)} must be a finite number, got {v!r}")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                finite(x, kp + (k,))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                finite(x, kp[:-1] + (f"{kp[-1]}[{i}]",) if kp else (f"[{i}]",))
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not path:
+        finite(cfg, ())
+    if not isinstance(cfg, dict) or not isinstance(defaults, dict):
+        return
+    for k, v in cfg.items():
+        if isinstance(k, str) and k.startswith("_"):
+            continue
+        kp = path + (k,)
+        if kp in free_form or path in free_form or k not in defaults:
+            continue
+        d = defaults[k]
+        if d is None:
+            continue
+        if isinstance(d, bool):
+            if not isinstance(v, bool):
+                raise user_error(f"{name(kp)} must be true or false, got {v!r}")
+        elif isinstance(d, int):
+            if not is_int(v) or v < 0:
+                raise user_error(f"{name(kp)} must be a non-negative integer, got {v!r}")
+        elif isinstance(d, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise user_error(f"{name(kp)} must be a number, got {v!r}")
+        elif isinstance(d, str):
+            if not isinstance(v, str):
+                raise user_error(f"{name(kp)} must be a string, got {v!r}")
+        elif isinstance(d, list):
+            if not isinstance(v, list):
+                raise user_error(f"{name(kp)} must be a list, got {v!r}")
+            if d and all(is_int(x) for x in d) and not all(is_int(x) and x > 0 for x in v):
+                raise user_error(f"{name(kp)} must be a list of positive integers, got {v!r}")
+            if k in ("image_size", "load_size") and len(v) != 2:
+                raise user_error(f"{name(kp)} must be [h, w] (two positive integers), got {v!r}")
+        elif isinstance(d, dict):
+            if not isinstance(v, dict):
+                raise user_error(f"{name(kp)} must be a mapping, got {v!r}")
+            check_values(block, v, d, free_form, kp)
+
+
+def selected_profile(doc: dict, where: str, profile: str | None = None) -> str:
+    """The profile name (argument, else ``profile:``, else ``default``); unknown ones are errors."""
+    profile = profile or doc.get("profile") or "default"
+    if not isinstance(profile, str):
+        raise user_error(f"{where}: profile must be a profile name, got {profile!r}")
+    profiles = doc.get("profiles") or {}
+    if profile != "default" and profile not in profiles:
+        raise user_error(f"{where}: unknown profile {profile!r} (defined: default, {', '.join(sorted(profiles)) or '-'}); "
+                         "use one of them or add it under profiles:")
+    prof = profiles.get(profile) or {}
+    if not isinstance(prof, dict):
+        raise user_error(f"{where}: profiles.{profile} must be a mapping")
+    return profile
+
+
+def resolve_block(block: str, doc: dict, where: str = "params.yaml", profile: str | None = None,
+                  extra: list[tuple[str, dict]] = (), validate: bool = True) -> tuple[dict, str]:
+    """The effective ``block`` (module docstring) and the profile used. ``extra``: further
+    ``(where, overrides)`` levels merged last (a variant, ``--set``)."""
+    sch = schema(block)
+    defaults = sch.defaults()
+    top = doc.get(block)
+    cfg = merge(defaults, top if top is not None else {}, f"{where}: {block}", sch.free_form)
+    used = "default"
+    if sch.profiled:
+        used = selected_profile(doc, where, profile)
+        over = ((doc.get("profiles") or {}).get(used) or {}).get(block)
+        cfg = merge(cfg, over, f"{where}: profiles.{used}.{block}", sch.free_form)
+    for lwhere, over in extra:
+        cfg = merge(cfg, over, lwhere, sch.free_form)
+    if validate:
+        validate_block(block, cfg)
+    return cfg, used
+
+
+def validate_block(block: str, cfg: dict) -> None:
+    """Generic type/range checks, then the block's own rules."""
+    sch = schema(block)
+    check_values(block, cfg, sch.defaults(), sch.free_form)
+    if sch.validate:
+        sch.validate(block, cfg)
+
+
+def load_block(block: str, params_path: str | Path | None = None, profile: str | None = None) -> dict:
+    """``resolve_block`` of a params file (default: the project's ``params.yaml``; a missing
+    default file means "all defaults")."""
+    from .training.params import read_params_file
+
+    doc, path = read_params_file(params_path)
+    return resolve_block(block, doc, str(path), profile)[0]
