@@ -37,3 +37,32 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "old numbers" not in text and "before" in text and "after" in text
     assert "No results yet" in text and text.count(RESULTS_BEGIN) == 1
+
+
+def test_machine_facts_come_from_the_recorded_environment(tmp_path):
+    (tmp_path / "reports" / "metrics").mkdir(parents=True)
+    m = _metrics()
+    (tmp_path / "reports" / "metrics" / "pck.json").write_text(json.dumps(m))
+    text = readme_results(tmp_path)
+    assert "2 CPU cores" not in text and "machine not recorded" in text  # nothing assumed
+    m["pf-willow"]["environment"] = {"cpu_cores": 64, "device": "cuda:0 (A100)", "torch": "9.9.9", "torch_threads": 64}
+    (tmp_path / "reports" / "metrics" / "pck.json").write_text(json.dumps(m))
+    text = readme_results(tmp_path)
+    assert "64 CPU cores, device cuda:0 (A100), torch 9.9.9" in text
+
+
+def test_evaluate_records_the_environment_into_the_metrics():
+    from weakalign.evaluation.commands import compute_metrics
+    from weakalign.info import environment
+
+    env = environment("cpu")
+    import os
+
+    import torch
+
+    assert env["cpu_cores"] == os.cpu_count() and env["torch"] == torch.__version__ and env["device"] == "cpu"
+    from test_pck_nonfinite import SRC, _pred
+
+    status = {"pf-willow": {"available": True, "pairs": 2, "models": {"m": {"available": True, "predictions": "m"}}, "environment": env}}
+    metrics, _, _ = compute_metrics(status, lambda rel: _pred(SRC), [0.1])
+    assert metrics["pf-willow"]["environment"] == env

@@ -386,7 +386,9 @@ def readme_results(root: Path) -> str:
         return "No results yet: run `make pipeline` (`dvc repro`).\n" + _seeds_block(root)
     lines = []
     m = json.loads(metrics.read_text())
-    for bench in ("pf-willow", "pf-pascal", "caltech-101", "tss"):
+    from .data.registry import EVALUATION_BENCHMARKS
+
+    for bench in EVALUATION_BENCHMARKS:
         b = m.get(bench)
         if b is None:
             continue
@@ -414,8 +416,11 @@ def readme_results(root: Path) -> str:
                       "notebook 02, `reports/metrics/pck.json` `differences`).", "", diff_table(b)]
     if m.get("pf-willow", {}).get("available"):
         desc = m["pf-willow"]["protocols"]["default"]["description"]
+        from .info import describe
+
         lines += ["**Methods side by side on pf-willow** (PCK with " + "; ".join(desc.split("; ")[1:]) + "; times measured by the "
-                  "pipeline on this machine, 2 CPU cores: training from `reports/metrics/train_*.json`, evaluation of all pairs "
+                  f"pipeline on the machine that ran it ({describe(m['pf-willow'].get('environment'))}, as recorded by "
+                  "`evaluate predict` in `reports/metrics/pck.json`): training from `reports/metrics/train_*.json`, evaluation of all pairs "
                   "from `evaluate predict`). Reproduce: `dvc repro`.", ""]
         lines += [to_markdown(methods_frame(root / "reports" / "metrics", "pf-willow"), floatfmt=".3g")]
     lines += [_seeds_block(root)]
