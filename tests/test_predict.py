@@ -96,3 +96,15 @@ def test_optimized_backbone_falls_back_when_the_trace_bakes_the_batch_size(tiny_
     assert not isinstance(fast.fast_body, torch.jit.ScriptModule)  # eager fallback
     with torch.no_grad():
         assert torch.equal(fast(x), tiny_backbone(x))
+
+
+def test_onednn_fusion_backbone_equal_and_flag_restored(tiny_backbone):
+    from weakalign.models.inference import optimized_backbone
+
+    x = tiny_backbone.normalize(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    before = torch.jit.onednn_fusion_enabled()
+    fast = optimized_backbone(tiny_backbone, x, onednn_fusion=True)
+    with torch.no_grad():
+        for _ in range(3):  # profiling run, then the optimised (fused) graph
+            assert torch.allclose(fast(x), tiny_backbone.eval()(x), atol=1e-5)
+    assert torch.jit.onednn_fusion_enabled() == before

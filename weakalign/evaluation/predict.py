@@ -171,7 +171,8 @@ def predict_pairs(*args, **kwargs) -> dict:
 @torch.inference_mode()
 def _predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = True, image_size: Sequence[int] | None = None, optimize: bool = True) -> dict:
     """Fast path. ``model=None`` is the identity transform (no image is loaded). ``optimize``
-    runs the backbone through :func:`weakalign.models.inference.optimize_for_inference`."""
+    runs the backbone through :func:`weakalign.models.inference.optimize_for_inference` with the
+    oneDNN Graph fuser (CPU only; other devices run the model as it is)."""
     t0 = time.perf_counter()
     recs, paths, index = _pair_table(dataset)
     kinds = model_kinds(model)
@@ -191,7 +192,7 @@ def _predict_pairs(model: nn.Module | None, dataset, batch_size: int = 16, devic
     if optimize:
         from ..models.inference import optimize_for_inference
 
-        model = optimize_for_inference(model, batch_size)
+        model = optimize_for_inference(model, batch_size, onednn_fusion=True)
     size = tuple(image_size or model.config.image_size)
     images, sizes = _load_images(paths, size, progress)
     feats = torch.cat([model.extract(images[i : i + batch_size].to(device)) for i in tqdm(range(0, len(paths), batch_size), desc="features", disable=not progress, leave=False)])
