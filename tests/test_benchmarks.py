@@ -43,3 +43,21 @@ def test_readme_block_is_replaced_not_duplicated(tmp_path, monkeypatch):
     run.update_readme("second\n")
     text = readme.read_text()
     assert text.count(run.README_BEGIN) == 1 and "second" in text and "first" not in text and "intro" in text
+
+
+def test_per_pair_pck_comparison_on_the_naive_subset(tiny_willow, tiny_backbone, monkeypatch):
+    """The benchmark's equality check of the fast path against the naive one (first N pairs)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import torch
+
+    from benchmarks import run
+    from weakalign.evaluation.predict import predict_pairs, predict_pairs_naive
+    from weakalign.models import ModelConfig, TwoStageCNNGeometric
+
+    torch.manual_seed(0)
+    model = TwoStageCNNGeometric(ModelConfig(backbone="tiny", image_size=(240, 240)), backbone=tiny_backbone)
+    fast = predict_pairs(model, tiny_willow, batch_size=4, progress=False)
+    naive = predict_pairs_naive(model, tiny_willow, progress=False, limit=5)
+    assert run._same_per_pair_pck(fast, naive, 5)
+    fast["transferred"]["affine_tps"] = fast["transferred"]["affine_tps"] + 1e3  # every keypoint now wrong
+    assert not run._same_per_pair_pck(fast, naive, 5)
