@@ -260,6 +260,66 @@ def _same_per_pair_pck(fast: dict, naive: dict, n: int) -> bool:
     return all(pck_table(sub, prot, k)["result"].per_pair == pck_table(naive, prot, k)["result"].per_pair for k in fast["kinds"])
 
 
+def breakdown(backbone: str = "resnet101", weights: str = "random", batch_size: int = 16, pair_batches: int = 6,
+              model=None, dataset=None) -> dict:
+    """Where the fast path's time goes: the one-off steps (backbone optimisation, decoding and
+    resizing the distinct images, their stage-1 features) in seconds, and the per-pair steps of
+    ``pair_batches`` batches in ms/pair, each timed on its own (same calls as
+    :func:`weakalign.evaluation.predict.predict_pairs`)."""
+    from weakalign.data.datasets import PFWillowDataset
+    from weakalign.evaluation import predict as P
+    from weakalign.geometry import affine_grid, warp_image
+    from weakalign.models.correlation import feature_l2norm
+    from weakalign.models.inference import flush_denormals, optimize_for_inference
+
+    ds = dataset if dataset is not None else PFWillowDataset(root=ROOT / "data")
+    model = model if model is not None else _build(backbone, 240, weights)
+    once, per = {}, {}
+
+    def timed(store, key, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        store[key] = store.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+    with flush_denormals(), torch.inference_mode():
+        recs, paths, index = P._pair_table(ds)
+        fm = timed(once, "optimise backbone (trace, freeze, check)", lambda: optimize_for_inference(model, batch_size, onednn_fusion=True))
+        images, _ = timed(once, f"decode + resize {len(paths)} images", lambda: P._load_images(paths, tuple(model.config.image_size), False))
+        feats = timed(once, f"stage-1 features of {len(paths)} images", lambda: torch.cat(
+            [fm.extract(images[i:i + batch_size]) for i in range(0, len(paths), batch_size)]))
+        src = torch.tensor([index[P._keys(r, False)[0]] for r in recs])
+        tgt = torch.tensor([index[P._keys(r, False)[1]] for r in recs])
+        fe, h, w = fm.feature_extraction, *model.config.image_size
+        n = 0
+        for i in range(0, min(len(recs), pair_batches * batch_size), batch_size):
+            s, t = src[i:i + batch_size], tgt[i:i + batch_size]
+            n += len(s)
+            fs, ft, im = timed(per, "gather features and images", lambda: (feats[s], feats[t], images[s]))
+            im = timed(per, "normalise source", lambda: fe.normalize(im))
+            c1 = timed(per, "correlation (both stages)", lambda: fm.correlation(fs, ft))
+            th = timed(per, "regression heads (both stages)", lambda: fm.regression(c1))
+            g = timed(per, "affine grid", lambda: affine_grid(th, h, w))
+            wr = timed(per, "grid_sample warp", lambda: warp_image(im, g))
+            f2 = timed(per, "stage-2 backbone pass (warped source)", lambda: fe.backbone(wr))
+            f2 = timed(per, "feature L2 norm", lambda: feature_l2norm(f2))
+            c2 = timed(per, "correlation (both stages)", lambda: fm.correlation(f2, ft))
+            timed(per, "regression heads (both stages)", lambda: fm.regression2(c2))
+    return {"backbone": backbone, "batch_size": batch_size, "pairs_timed": n, "pairs_total": len(recs),
+            "one_off_seconds": once, "per_pair_ms": {k: v / n * 1e3 for k, v in per.items()}, "loadavg_end": _loadavg()}
+
+
+def breakdown_markdown(b: dict) -> str:
+    lines = [f"Fast-path time breakdown, {b['backbone']}, batch {b['batch_size']} ({b['pairs_timed']} pairs timed; "
+             f"one-off steps amortised over all {b['pairs_total']} pairs; load average after {b['loadavg_end']}):", "",
+             "| step | total | ms/pair |", "|---|---|---|"]
+    for k, v in b["one_off_seconds"].items():
+        lines.append(f"| {k} | {v:.2f} s | {v / b['pairs_total'] * 1e3:.2f} |")
+    for k, v in b["per_pair_ms"].items():
+        lines.append(f"| {k} | | {v:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- report ------------------------------------------------------------------------------------
 
 def to_markdown(res: dict) -> str:
@@ -333,10 +393,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument("--naive-pairs", type=int, default=60, help="pairs timed on the pair-at-a-time baseline")
+    ap.add_argument("--breakdown", metavar="BACKBONE", help="only the fast path's time breakdown on PF-WILLOW "
+                    "(writes breakdown_<BACKBONE>.json/.md under --out)")
     args = ap.parse_args(argv)
 
     from weakalign.data.atomic import write_json, write_text
 
+    if args.breakdown:
+        b = breakdown(args.breakdown, "imagenet" if args.breakdown.startswith("efficientnet") else "random")
+        b["environment"] = environment()
+        md = breakdown_markdown(b)
+        write_json(Path(args.out) / f"breakdown_{args.breakdown}.json", b)
+        write_text(Path(args.out) / f"breakdown_{args.breakdown}.md", f"`python -m benchmarks.run --breakdown {args.breakdown}`, "
+                   f"commit `{b['environment']['git_commit'][:10]}`, {b['environment']['date']}, {b['environment']['threads']} threads.\n\n" + md)
+        print(md)
+        return 0
     mrt = 0.05 if args.quick else 1.0
     res = {"quick": args.quick, "environment": environment(), "notes": []}
     res["matmul"] = matmul_gflops(mrt, 256 if args.quick else 1024)

@@ -61,3 +61,16 @@ def test_per_pair_pck_comparison_on_the_naive_subset(tiny_willow, tiny_backbone,
     assert run._same_per_pair_pck(fast, naive, 5)
     fast["transferred"]["affine_tps"] = fast["transferred"]["affine_tps"] + 1e3  # every keypoint now wrong
     assert not run._same_per_pair_pck(fast, naive, 5)
+
+
+def test_breakdown_times_every_step(tiny_willow, tiny_backbone, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import run
+    from weakalign.models import ModelConfig, TwoStageCNNGeometric
+
+    model = TwoStageCNNGeometric(ModelConfig(backbone="tiny", image_size=(240, 240)), backbone=tiny_backbone)
+    b = run.breakdown("tiny", batch_size=4, pair_batches=2, model=model, dataset=tiny_willow)
+    assert b["pairs_timed"] == 8 and b["pairs_total"] == 12
+    assert len(b["one_off_seconds"]) == 3 and all(v > 0 for v in b["one_off_seconds"].values())
+    assert "stage-2 backbone pass (warped source)" in b["per_pair_ms"] and all(v > 0 for v in b["per_pair_ms"].values())
+    assert "| grid_sample warp |" in run.breakdown_markdown(b)
