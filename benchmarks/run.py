@@ -309,6 +309,65 @@ def breakdown(backbone: str = "resnet101", weights: str = "random", batch_size: 
             "one_off_seconds": once, "per_pair_ms": {k: v / n * 1e3 for k, v in per.items()}, "loadavg_end": _loadavg()}
 
 
+def backbone_variants(backbone: str, weights: str, batch: int = 16, rounds: int = 4, with_compile: bool = False) -> dict:
+    """The backbone body run four ways on one random batch, interleaved round by round in one
+    process (fair on a shared machine): eager channels_last, the frozen traced graph (training),
+    the frozen graph through the oneDNN Graph fuser (evaluation) and, optionally, ``torch.compile``
+    (inductor, ``freezing=True``). Per variant: setup seconds (incl. 2 warm-up calls), median and
+    min seconds per image, max |difference| to the eager NCHW body."""
+    import copy
+    import warnings
+
+    import torch._inductor.config as inductor_config
+
+    from weakalign.models.backbones import build_backbone
+    from weakalign.models.inference import _onednn_fusion
+
+    torch.manual_seed(0)
+    bb = build_backbone(backbone, weights).eval()
+    x = bb.normalize(torch.rand(batch, 3, 240, 240)).contiguous(memory_format=torch.channels_last)
+    fns, out = {}, {}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = bb.body(x.contiguous())
+        names = ["eager_channels_last", "frozen", "frozen_onednn_fusion"] + (["torch_compile"] if with_compile else [])
+        for name in names:
+            t0 = time.perf_counter()
+            m = copy.deepcopy(bb).to(memory_format=torch.channels_last).body
+            fusion = name == "frozen_onednn_fusion"
+            if name.startswith("frozen"):
+                m = torch.jit.freeze(torch.jit.trace(m, x[:1], check_trace=False))
+            elif name == "torch_compile":
+                m = torch.compile(m, dynamic=False)
+            with _onednn_fusion(fusion), inductor_config.patch(freezing=True):
+                y = m(x)
+                y = m(x)
+            fns[name] = (m, fusion)
+            out[name] = {"setup_s": time.perf_counter() - t0, "max_abs_diff_to_eager": float((y - ref).abs().max()), "times_per_image_s": []}
+        for _ in range(rounds):
+            for name, (m, fusion) in fns.items():
+                with _onednn_fusion(fusion):
+                    t0 = time.perf_counter()
+                    m(x)
+                    out[name]["times_per_image_s"].append((time.perf_counter() - t0) / batch)
+    for r in out.values():
+        ts = sorted(r["times_per_image_s"])
+        r["median_per_image_s"], r["min_per_image_s"] = ts[len(ts) // 2], ts[0]
+    return {"backbone": backbone, "batch": batch, "rounds": rounds, "eager_max_abs": float(ref.abs().max()),
+            "variants": out, "loadavg_end": _loadavg()}
+
+
+def variants_markdown(v: dict) -> str:
+    base = v["variants"]["frozen"]["median_per_image_s"]
+    lines = [f"{v['backbone']} body, batch {v['batch']}, 240x240, {v['rounds']} interleaved rounds (max |eager output| "
+             f"{v['eager_max_abs']:.3g}; load average after {v['loadavg_end']}):", "",
+             "| variant | setup | median ms/image | min ms/image | vs frozen | max |Δ| to eager |", "|---|---|---|---|---|---|"]
+    for name, r in v["variants"].items():
+        lines.append(f"| {name} | {r['setup_s']:.1f} s | {r['median_per_image_s'] * 1e3:.1f} | {r['min_per_image_s'] * 1e3:.1f} | "
+                     f"{r['median_per_image_s'] / base:.2f}x | {r['max_abs_diff_to_eager']:.2g} |")
+    return "\n".join(lines) + "\n"
+
+
 def breakdown_markdown(b: dict) -> str:
     lines = [f"Fast-path time breakdown, {b['backbone']}, batch {b['batch_size']} ({b['pairs_timed']} pairs timed; "
              f"one-off steps amortised over all {b['pairs_total']} pairs; load average after {b['loadavg_end']}):", "",
@@ -395,10 +454,24 @@ def main(argv=None) -> int:
     ap.add_argument("--naive-pairs", type=int, default=60, help="pairs timed on the pair-at-a-time baseline")
     ap.add_argument("--breakdown", metavar="BACKBONE", help="only the fast path's time breakdown on PF-WILLOW "
                     "(writes breakdown_<BACKBONE>.json/.md under --out)")
+    ap.add_argument("--variants", metavar="BACKBONE", help="only the interleaved comparison of backbone execution "
+                    "variants (writes variants_<BACKBONE>.json/.md under --out)")
+    ap.add_argument("--with-compile", action="store_true", help="--variants: also torch.compile (slow to compile)")
     args = ap.parse_args(argv)
 
     from weakalign.data.atomic import write_json, write_text
 
+    if args.variants:
+        v = backbone_variants(args.variants, "imagenet" if args.variants.startswith("efficientnet") else "random",
+                              with_compile=args.with_compile)
+        v["environment"] = environment()
+        md = variants_markdown(v)
+        write_json(Path(args.out) / f"variants_{args.variants}.json", v)
+        write_text(Path(args.out) / f"variants_{args.variants}.md", f"`python -m benchmarks.run --variants {args.variants}"
+                   f"{' --with-compile' if args.with_compile else ''}`, commit `{v['environment']['git_commit'][:10]}`, "
+                   f"{v['environment']['date']}, {v['environment']['threads']} threads.\n\n" + md)
+        print(md)
+        return 0
     if args.breakdown:
         b = breakdown(args.breakdown, "imagenet" if args.breakdown.startswith("efficientnet") else "random")
         b["environment"] = environment()

@@ -74,3 +74,15 @@ def test_breakdown_times_every_step(tiny_willow, tiny_backbone, monkeypatch):
     assert len(b["one_off_seconds"]) == 3 and all(v > 0 for v in b["one_off_seconds"].values())
     assert "stage-2 backbone pass (warped source)" in b["per_pair_ms"] and all(v > 0 for v in b["per_pair_ms"].values())
     assert "| grid_sample warp |" in run.breakdown_markdown(b)
+
+
+@pytest.mark.slow
+def test_backbone_variants_agree(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import run
+
+    v = run.backbone_variants("efficientnet_lite0", "random", batch=2, rounds=1)
+    assert set(v["variants"]) == {"eager_channels_last", "frozen", "frozen_onednn_fusion"}
+    for r in v["variants"].values():
+        assert r["max_abs_diff_to_eager"] <= 1e-3 * v["eager_max_abs"] and r["median_per_image_s"] > 0
+    assert "| frozen_onednn_fusion |" in run.variants_markdown(v)
