@@ -112,3 +112,43 @@ def test_synthetic_pairs_are_a_function_of_the_keys(tmp_path):
     t0 = fresh.theta(1)
     fresh.set_epoch(1)
     assert not torch.equal(fresh.theta(1), t0)  # --random-sample: new each epoch
+
+
+@pytest.mark.parametrize("kind", ["affine", "tps"])
+def test_warp_on_device_equals_per_item_pairs(tmp_path, kind):
+    """Issue 18: pairs made per batch by ``warp_batch`` (the training device's path) equal the
+    per-item CPU generator's for the same seed, including a batch where one transformation
+    leaves the padded image (zeros there; the batch then takes the padded-image path)."""
+    from PIL import Image
+    from torch.utils.data import default_collate
+
+    from weakalign.training.synthetic import warp_batch
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray((np.random.default_rng(10 + i).random((40 + 7 * i, 50, 3)) * 255).astype(np.uint8)).save(p)
+        paths.append(str(p))
+    data = {"load_size": [48, 64], "padding_factor": 0.5, "crop_factor": 9 / 16, "random_t": 0.5, "random_s": 0.5,
+            "random_alpha": 1 / 6, "random_t_tps": 0.4}
+    kw = dict(seed=3, tag="train", pairs_per_image=2, fresh_each_epoch=True)
+    cpu = SyntheticPairs(paths, kind, data, (24, 24), **kw)
+    dev = SyntheticPairs(paths, kind, data, (24, 24), warp_on_device=True, **kw)
+    for ds in (cpu, dev):
+        ds.set_epoch(2)
+    batch = default_collate([dev[i] for i in range(len(dev))])
+    assert set(batch) == {"photo", "theta", "index"} and batch["photo"].shape == (6, 3, 48, 64)
+    made = warp_batch(batch, kind, (24, 24), 0.5, 9 / 16, device="cpu")
+    for i in range(len(cpu)):
+        ref = cpu[i]
+        assert torch.equal(made["theta"][i], ref["theta"])
+        torch.testing.assert_close(made["source_image"][i], ref["source_image"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(made["target_image"][i], ref["target_image"], atol=1e-5, rtol=0)
+    # one transformation far outside the padded image: zeros are read there, the others unchanged
+    big = batch["theta"].clone()
+    big[0] = big[0] * 3.0
+    made2 = warp_batch({**batch, "theta": big}, kind, (24, 24), 0.5, 9 / 16, device="cpu")
+    assert float(made2["target_image"][0].min()) == 0.0
+    torch.testing.assert_close(made2["target_image"][1:], made["target_image"][1:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="warp_on_device"):
+        SyntheticPairs(paths, kind, data, (24, 24), 3, "train", warp_on_device=True, target_only=True)

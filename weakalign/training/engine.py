@@ -423,7 +423,8 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
             sampler.set_start(min(state["step_in_epoch"] * local_batch, sampler.num_samples))
             loader_gen.manual_seed(cfg.seed + e)
             loader = DataLoader(task.train_dataset, batch_size=local_batch, sampler=sampler, num_workers=cfg.num_workers,
-                                collate_fn=task.collate_fn, generator=loader_gen, drop_last=False)
+                                collate_fn=task.collate_fn, generator=loader_gen, drop_last=False,
+                                pin_memory=ctx.device.type == "cuda")
             task.set_train_mode()
             for batch in loader:
                 optimizer.zero_grad(set_to_none=True)

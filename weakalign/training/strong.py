@@ -38,7 +38,7 @@ from .sources import (
     paths_digest,
     subsample,
 )
-from .synthetic import SyntheticPairs
+from .synthetic import SyntheticPairs, warp_batch
 
 
 class CachedPairs(torch.utils.data.Dataset):
@@ -55,13 +55,19 @@ class CachedPairs(torch.utils.data.Dataset):
 
 
 class StrongStep(nn.Module):
-    """batch -> grid loss (features from the cache, or from the frozen backbone)."""
+    """batch -> grid loss (features from the cache, or from the frozen backbone).
 
-    def __init__(self, model: nn.Module, loss: nn.Module, device):
+    A batch of decoded photos (``pairs: random``: ``photo`` + ``theta``) is first turned into
+    synthetic pairs on the training device by :func:`~weakalign.training.synthetic.warp_batch`
+    with the ``warp`` settings (kind, output size, padding and crop factors)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, device, warp: dict | None = None):
         super().__init__()
-        self.model, self.loss, self.device = model, loss, device
+        self.model, self.loss, self.device, self.warp = model, loss, device, warp
 
     def predict(self, batch) -> torch.Tensor:
+        if "photo" in batch:
+            batch = warp_batch(batch, device=self.device, **self.warp)
         if "f_src" in batch:
             fs, ft = batch["f_src"].to(self.device), batch["f_tgt"].to(self.device)
         else:
@@ -215,8 +221,9 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     if cfg["pairs"] == "fixed":
         train_ds = _pair_features(ctx, extractor, kind, train_paths, cfg, "train", bb_fp, progress, int(cfg["pairs_per_image"]))
     else:
+        # workers decode photos; crops and warps are made per batch on the training device
         train_ds = SyntheticPairs(train_paths, kind, data, tuple(cfg["model"]["image_size"]), seed, "train",
-                                  pairs_per_image=int(cfg["pairs_per_image"]), fresh_each_epoch=True)
+                                  pairs_per_image=int(cfg["pairs_per_image"]), fresh_each_epoch=True, warp_on_device=True)
     val_ds = _pair_features(ctx, extractor, kind, sel_paths, cfg, "val", bb_fp, progress)
     heldout_ds = _pair_features(ctx, extractor, kind, heldout_paths, cfg, "heldout", bb_fp, progress)
     del extractor
@@ -226,7 +233,9 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     # not loss.to(device): TransformedGridLoss defines a method named _apply, which shadows
     # nn.Module._apply; move its one buffer by hand
     loss.points = loss.points.to(ctx.device)
-    step = StrongStep(model, loss, ctx.device)
+    warp = {"kind": kind, "out_size": tuple(cfg["model"]["image_size"]),
+            "padding_factor": data["padding_factor"], "crop_factor": data["crop_factor"]}
+    step = StrongStep(model, loss, ctx.device, warp)
     task = StrongTask(model, step, train_ds, val_ds, ctx, int(cfg["batch_size"]), heldout_dataset=heldout_ds)
     fp = fingerprint(cfg, {"kind": kind, "backbone": bb_fp, "train": paths_digest(train_paths), "val": paths_digest(val_paths)})
     meta = {"stage": "train-strong", "geometric_model": kind, "profile": cfg["_profile"], "params_fingerprint": fp}

@@ -152,18 +152,27 @@ class SyntheticPairs(torch.utils.data.Dataset):
     Items: ``source_image``, ``target_image`` (3 x h x w in [0, 1]), ``theta`` (6 or 18),
     ``index``. With ``source_only=True`` only ``source_image`` (and ``index``) per photo; with
     ``target_only=True`` no ``source_image`` (the feature cache computes sources once per photo).
+
+    With ``warp_on_device=True`` the item is only the decoded photo at ``load_size`` (``photo``,
+    ``3 x H x W``), ``theta`` and ``index``: the crop and the warp are left to
+    :func:`warp_batch`, which makes the pairs of a whole batch at once on the training device
+    (a GPU when there is one), so data-loader workers only decode images. The pairs are the same
+    as the per-item ones (``tests/test_training_synthetic.py``).
     """
 
     def __init__(self, paths: list[str], kind: str, data: dict, out_size, seed: int, tag: str,
                  pairs_per_image: int = 1, fresh_each_epoch: bool = False, source_only: bool = False,
-                 grid_size: int = 3, target_only: bool = False):
+                 grid_size: int = 3, target_only: bool = False, warp_on_device: bool = False):
         self.paths = list(paths)
         self.kind, self.data, self.out_size = kind, data, tuple(out_size)
         self.seed, self.tag = seed, tag
         self.pairs_per_image = 1 if source_only else int(pairs_per_image)
         self.fresh_each_epoch, self.source_only, self.target_only = fresh_each_epoch, source_only, target_only
+        self.warp_on_device = bool(warp_on_device)
         if source_only and target_only:
             raise ValueError("source_only and target_only exclude each other")
+        if warp_on_device and (source_only or target_only):
+            raise ValueError("warp_on_device makes whole pairs; it excludes source_only / target_only")
         self.grid_size = grid_size
         self.epoch = 0
 
@@ -192,6 +201,8 @@ class SyntheticPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         photo = idx // self.pairs_per_image
+        if self.warp_on_device:
+            return {"photo": self.load(photo), "theta": self.theta(idx), "index": idx}
         image = self.load(photo)[None]
         theta = None if self.source_only else self.theta(idx)
         src, tgt = synth_pair(image, self.kind, None if theta is None else theta[None], self.out_size,
@@ -201,3 +212,17 @@ class SyntheticPairs(torch.utils.data.Dataset):
             item["target_image"] = tgt[0]
             item["theta"] = theta
         return item
+
+
+def warp_batch(batch: dict, kind: str, out_size, padding_factor: float, crop_factor: float, device=None) -> dict:
+    """Make the synthetic pairs of a collated ``warp_on_device`` batch on ``device``.
+
+    ``batch["photo"]`` (``B x 3 x H x W`` at ``load_size``) and ``batch["theta"]`` are moved
+    once (``non_blocking``: pinned memory from the loader makes the copy asynchronous on CUDA);
+    returns ``{"source_image", "target_image", "theta"}`` on ``device``, equal to the items
+    :class:`SyntheticPairs` makes one at a time on the CPU."""
+    device = torch.device(device) if device is not None else batch["photo"].device
+    photo = batch["photo"].to(device, non_blocking=True)
+    theta = batch["theta"].to(device, non_blocking=True)
+    src, tgt = synth_pair(photo, kind, theta, out_size, padding_factor, crop_factor)
+    return {"source_image": src, "target_image": tgt, "theta": theta}
