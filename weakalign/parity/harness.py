@@ -49,7 +49,7 @@ class Item:
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    a, b = torch.as_tensor(a).detach().double(), torch.as_tensor(b).detach().double()
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a - b).abs().max()) if a.numel() else 0.0
