@@ -15,7 +15,7 @@ for PyTorch 0.3/0.4, torchvision 0.2 and pandas < 1.0:
 * ``torch.load`` defaults to ``weights_only=False`` (PyTorch >= 2.6 refuses the pickled
   ``argparse.Namespace`` of the checkpoints; only files the harness just wrote are loaded);
 * ``torch.cuda.is_available`` -> ``False`` (the original picks ``use_cuda`` from it), and
-  ``Tensor.cuda()`` / ``Module.cuda()`` return their object unchanged: several of the original's
+  ``Tensor.cuda`` and ``Module.cuda`` return their object unchanged: several of the original's
   functions default to ``use_cuda=True`` without the caller passing it (e.g.
   ``util/eval_util.py`` ``pck_metric``), i.e. the ``use_cuda=False`` it would need on a CPU;
 * ``collections.Mapping/Sequence/Iterable`` (removed in Python 3.10) -> ``collections.abc``;
