@@ -61,6 +61,9 @@ STRONG_DEFAULTS: dict = {
     #         backbone runs at every step.
     "pairs": "fixed",
     "pairs_per_image": 2,  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
+    # probability of mirroring a cached training pair left-right (features flipped, theta
+    # mirrored: weakalign/training/mirror.py); 0 = the reference (no mirroring). pairs: fixed only.
+    "mirror_prob": 0.0,
     "cache_dir": "data/cache/features",
     "batch_size": 16,  # global batch (divided among DDP ranks)
     # phases run one after the other; restart_from_best reloads the best weights so far with a
@@ -305,6 +308,11 @@ def _validate(block: str, cfg: dict) -> None:
             raise _user_error(f"train_strong.pairs must be 'fixed' or 'random', got {cfg['pairs']!r}")
         if int(cfg["pairs_per_image"]) < 1:
             raise _user_error("train_strong.pairs_per_image must be >= 1")
+        p = float(cfg["mirror_prob"])
+        if not 0.0 <= p <= 1.0:
+            raise _user_error(f"train_strong.mirror_prob must be in [0, 1], got {cfg['mirror_prob']!r}")
+        if p > 0.0 and cfg["pairs"] != "fixed":
+            raise _user_error("train_strong.mirror_prob applies to cached pairs (pairs: fixed); set it to 0 with pairs: random")
     else:
         if cfg["train_parts"] not in ("regressors", "last_blocks", "all"):
             raise _user_error(f"train_weak.train_parts must be regressors, last_blocks or all, got {cfg['train_parts']!r}")

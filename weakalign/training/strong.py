@@ -38,20 +38,42 @@ from .sources import (
     paths_digest,
     subsample,
 )
-from .synthetic import SyntheticPairs, warp_batch
+from .mirror import mirror_features, mirror_theta
+from .synthetic import SyntheticPairs, keyed_generator, warp_batch
 
 
 class CachedPairs(torch.utils.data.Dataset):
-    """Pairs as cached features: source features per photo, target features per pair."""
+    """Pairs as cached features: source features per photo, target features per pair.
 
-    def __init__(self, f_src: torch.Tensor, f_tgt: torch.Tensor, theta: torch.Tensor, pairs_per_image: int):
+    ``mirror_prob > 0`` (training only) mirrors a pair left-right with that probability
+    (:mod:`weakalign.training.mirror`); the draw is a pure function of ``(seed, epoch, index)``,
+    so data order and resuming do not change it."""
+
+    def __init__(self, f_src: torch.Tensor, f_tgt: torch.Tensor, theta: torch.Tensor, pairs_per_image: int,
+                 mirror_prob: float = 0.0, seed: int = 0, grid_size: int = 3):
         self.f_src, self.f_tgt, self.theta, self.k = f_src, f_tgt, theta, int(pairs_per_image)
+        self.mirror_prob, self.seed, self.grid_size, self.epoch = float(mirror_prob), int(seed), int(grid_size), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def with_mirroring(self, prob: float, seed: int, grid_size: int = 3) -> CachedPairs:
+        return CachedPairs(self.f_src, self.f_tgt, self.theta, self.k, prob, seed, grid_size)
 
     def __len__(self):
         return self.f_tgt.shape[0]
 
+    def mirrored(self, i: int) -> bool:
+        if self.mirror_prob <= 0.0:
+            return False
+        u = torch.rand((), generator=keyed_generator(self.seed, "mirror", self.epoch, int(i)))
+        return bool(u < self.mirror_prob)
+
     def __getitem__(self, i):
-        return {"f_src": self.f_src[i // self.k], "f_tgt": self.f_tgt[i], "theta": self.theta[i]}
+        fs, ft, th = self.f_src[i // self.k], self.f_tgt[i], self.theta[i]
+        if self.mirrored(i):
+            fs, ft, th = mirror_features(fs), mirror_features(ft), mirror_theta(th, self.grid_size)
+        return {"f_src": fs, "f_tgt": ft, "theta": th}
 
 
 class StrongStep(nn.Module):
@@ -220,6 +242,7 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
 
     if cfg["pairs"] == "fixed":
         train_ds = _pair_features(ctx, extractor, kind, train_paths, cfg, "train", bb_fp, progress, int(cfg["pairs_per_image"]))
+        train_ds = train_ds.with_mirroring(float(cfg["mirror_prob"]), seed, model.config.tps_grid_size)
     else:
         # workers decode photos; crops and warps are made per batch on the training device
         train_ds = SyntheticPairs(train_paths, kind, data, tuple(cfg["model"]["image_size"]), seed, "train",
