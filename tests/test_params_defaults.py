@@ -86,7 +86,8 @@ def test_default_profile_overrides_apply_and_smoke_keeps_its_values():
     ("train_strong: {batch_size: 0}\n", r"batch_size must be >= 1"),
     ("train_strong: {schedule: [{epochs: 1, lr: .nan}]}\n", r"finite"),
     ("train_ncnet: {data: {max_val_pairs: -1}}\n", r"train_ncnet.data.max_val_pairs must be a non-negative integer"),
-    ("profile: fast\n", r"unknown profile 'fast'"),
+    ("profile: fast\n", r"unknown profile 'fast' \(defined: default\);"),
+    ("profile: fast\nprofiles: {smoke: {}}\n", r"unknown profile 'fast' \(defined: default, smoke\);"),
     ("profile: 3\n", r"profile must be a profile name"),
 ])
 def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, text, match):

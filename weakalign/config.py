@@ -168,7 +168,8 @@ def selected_profile(doc: dict, where: str, profile: str | None = None) -> str:
         raise user_error(f"{where}: profile must be a profile name, got {profile!r}")
     profiles = doc.get("profiles") or {}
     if profile != "default" and profile not in profiles:
-        raise user_error(f"{where}: unknown profile {profile!r} (defined: default, {', '.join(sorted(profiles)) or '-'}); "
+        known = ", ".join(sorted({"default", *profiles}))
+        raise user_error(f"{where}: unknown profile {profile!r} (defined: {known}); "
                          "use one of them or add it under profiles:")
     prof = profiles.get(profile) or {}
     if not isinstance(prof, dict):
