@@ -290,7 +290,8 @@ def test_evaluate_predictions_dir_unwritable(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1
     _one_line(err)
-    assert "cannot write" in err and "blocked" in err and "a file is in the way" in err, err
+    # checked before any prediction is computed (evaluation/commands.py: check_dir_writable)
+    assert "cannot write" in err and "blocked is a file, not a folder" in err, err
 
 
 def test_pf_willow_reader_wrong_coordinate_count(tmp_path):

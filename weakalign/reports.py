@@ -357,11 +357,11 @@ def weak_curve_figure(df: pd.DataFrame, before: dict | None = None):
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    from .data.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    tmp.replace(path)
+    with atomic_open(path, "wb") as fh:  # one-line error naming the path when it is not writable
+        fig.savefig(fh, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 

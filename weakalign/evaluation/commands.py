@@ -220,6 +220,9 @@ def _predict(args) -> int:
     status = {}
     n_done = 0
     check_protocols(cfg, args.params)
+    from ..data.atomic import check_dir_writable
+
+    check_dir_writable(out_dir)  # fail before the predictions are computed, not after
     for bench in cfg["benchmarks"]:
         try:
             ds = subset(get_dataset(bench, root=root / "data"), cfg["max_pairs"])
