@@ -40,6 +40,8 @@ def test_a_benchmark_without_a_protocol_raises():
 
 def test_protocol_selection_keeps_default_and_refuses_unknown_names():
     assert list(protocols_for("pf-willow", ["image"])) == ["default", "image"]
+    assert list(protocols_for("pf-willow", [])) == ["default"]  # an empty list: the default protocol only
+    assert list(protocols_for("pf-willow")) == list(protocols_for("pf-willow", None))  # not configured: all
     with pytest.raises(UndeclaredBenchmark, match="image_224"):
         protocols_for("pf-willow", ["image_224"])
     from weakalign.cli import UserError

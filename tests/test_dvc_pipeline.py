@@ -230,3 +230,17 @@ def test_model_paths_agree_with_params_and_the_training_outputs():
         for key in ("checkpoint", "affine", "tps"):
             if key in spec:
                 assert spec[key] in deps, (name, spec[key])
+
+
+def test_no_profile_overrides_the_templated_paths():
+    """dvc.yaml templates model paths from the top-level blocks (``${train_weak.init.*}``,
+    ``${evaluate.models.*}``): a profile overriding them, or the outputs, would leave the stage
+    dependencies silently wrong, so none may (use the top-level block instead)."""
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    templated = {"train_strong": ("outputs",), "train_weak": ("init", "outputs", "variant_outputs"),
+                 "train_ncnet": ("outputs",), "evaluate": ("models", "predictions_dir")}
+    for name, prof in (doc.get("profiles") or {}).items():
+        for block, keys in templated.items():
+            over = (prof or {}).get(block) or {}
+            bad = [k for k in keys if k in over]
+            assert not bad, f"profiles.{name}.{block} overrides {bad}: dvc.yaml would not follow"

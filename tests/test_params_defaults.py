@@ -89,12 +89,16 @@ def test_default_profile_overrides_apply_and_smoke_keeps_its_values():
     ("profile: fast\n", r"unknown profile 'fast' \(defined: default\);"),
     ("profile: fast\nprofiles: {smoke: {}}\n", r"unknown profile 'fast' \(defined: default, smoke\);"),
     ("profile: 3\n", r"profile must be a profile name"),
+    ("profiles: [smoke]\n", r"profiles must be a mapping"),
+    ("data: {heldout_fraction: 2.0}\n", r"data.heldout_fraction must be"),
+    ("data: {weak_train_flip_prob: 5}\n", r"data.weak_train_flip_prob must be"),
+    ("data: {audit: {jobs: 0}}\n", r"data.audit.jobs must be"),
 ])
 def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, text, match):
     p = tmp_path / "params.yaml"
     p.write_text(text)
     block = next(iter(yaml.safe_load(text)))
-    block = "train_strong" if block == "profile" else block
+    block = "train_strong" if block in ("profile", "profiles") else block
     with pytest.raises(UserError, match=match) as err:
         load_block(block, p)
     msg = str(err.value)
@@ -107,3 +111,11 @@ def test_unknown_block_in_a_profile_and_data_has_no_profiles(tmp_path):
     with pytest.raises(UserError, match=r"profiles.smoke: unknown block\(s\) 'data'"):
         load_block("data", p)
     assert "data" not in PROFILED_BLOCKS and not math.isnan(load_block("data", None)["heldout_fraction"])
+
+
+def test_resolve_block_refuses_non_mapping_profiles_from_the_api():
+    """seeds / parity call the resolver directly (no params file reader in front)."""
+    from weakalign.config import resolve_block
+
+    with pytest.raises(UserError, match="profiles must map profile names"):
+        resolve_block("train_strong", {"profiles": ["smoke"]}, "params.yaml", "smoke")

@@ -336,3 +336,29 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)["weak"]
     assert w0["heldout_score_after"] == w1["heldout_score_after"] and w0["steps"] == 2
     assert (tmp_path / "weak.pt").is_file()
+
+
+def test_strong_mirroring_reaches_training(data, tmp_path, monkeypatch):
+    """train_strong.mirror_prob goes through _train_strong into the cached training pairs (TPS grid
+    size from the model), every epoch draws anew (StrongTask.set_epoch reaches CachedPairs), runs
+    are deterministic, and mirroring changes what is learnt."""
+    import weakalign.training.strong as strong
+
+    seen = []
+    real = strong.CachedPairs.mirrored
+
+    def spy(self, i):
+        out = real(self, i)
+        seen.append((self.epoch, self.grid_size, out))
+        return out
+
+    monkeypatch.setattr(strong.CachedPairs, "mirrored", spy)
+    sched = [{"epochs": 2, "lr": 1e-3}]
+    train_strong(strong_cfg(data, tmp_path / "m1", schedule=sched, mirror_prob=0.5), "tps", progress=False, backbone_factory=TinyBackbone)
+    assert {e for e, _, _ in seen} == {0, 1} and {g for _, g, _ in seen} == {3}
+    assert any(m for *_, m in seen) and not all(m for *_, m in seen)
+    train_strong(strong_cfg(data, tmp_path / "m2", schedule=sched, mirror_prob=0.5), "tps", progress=False, backbone_factory=TinyBackbone)
+    train_strong(strong_cfg(data, tmp_path / "m0", schedule=sched), "tps", progress=False, backbone_factory=TinyBackbone)
+    a, b, c = (weights(tmp_path / d / "strong_tps.pt") for d in ("m1", "m2", "m0"))
+    assert_same_weights(a, b)
+    assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -167,6 +167,8 @@ def selected_profile(doc: dict, where: str, profile: str | None = None) -> str:
     if not isinstance(profile, str):
         raise user_error(f"{where}: profile must be a profile name, got {profile!r}")
     profiles = doc.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise user_error(f"{where}: profiles must map profile names to their overrides, got {type(profiles).__name__}")
     if profile != "default" and profile not in profiles:
         known = ", ".join(sorted({"default", *profiles}))
         raise user_error(f"{where}: unknown profile {profile!r} (defined: {known}); "

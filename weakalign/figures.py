@@ -181,6 +181,7 @@ def pair_figure(checkpoint: str, benchmark: str, index: int, root: str = "data",
 def save(fig: plt.Figure, path: str | Path) -> Path:
     from .reports import save_figure
 
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)

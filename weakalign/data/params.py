@@ -42,10 +42,27 @@ def load_params(path: str | Path | None = None) -> dict:
     return load_block("data", path)
 
 
+def _validate(block: str, cfg: dict) -> None:
+    """Ranges the generic type checks cannot know (one line naming the key)."""
+    from weakalign.config import user_error
+
+    def need(ok: bool, key: str, rule: str, value) -> None:
+        if not ok:
+            raise user_error(f"{block}.{key} must be {rule}, got {value!r}")
+
+    f = cfg["heldout_fraction"]
+    need(0.0 < float(f) < 1.0, "heldout_fraction", "a fraction strictly between 0 and 1", f)
+    p = cfg["weak_train_flip_prob"]
+    need(0.0 <= float(p) <= 1.0, "weak_train_flip_prob", "a probability in [0, 1]", p)
+    a = cfg["audit"]
+    need(int(a["hash_size"]) >= 2, "audit.hash_size", "an integer >= 2", a["hash_size"])
+    need(int(a["jobs"]) >= 1, "audit.jobs", "an integer >= 1", a["jobs"])
+
+
 def _register() -> None:
     from weakalign.config import BlockSchema, register
 
-    register("data", BlockSchema(lambda: DEFAULTS, profiled=False))
+    register("data", BlockSchema(lambda: DEFAULTS, profiled=False, validate=_validate))
 
 
 _register()

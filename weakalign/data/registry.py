@@ -148,7 +148,7 @@ class BenchmarkSpec:
         ``evaluate.protocols.<benchmark>``) keeps only those (``"default"`` always stays)."""
         if self.kind != "keypoints":
             raise UndeclaredBenchmark(f"benchmark {self.name!r} is scored densely ({', '.join(self.measures)}); it has no PCK protocol")
-        if not selected:
+        if selected is None:  # not configured: every declared protocol
             return dict(self.protocols)
         unknown = [n for n in selected if n not in self.protocols]
         if unknown:

@@ -13,7 +13,7 @@ normalised frame of ``docs/conventions.md`` (theta maps target to source):
 For cached *features* the pair is mirrored by flipping both feature maps along their width. The
 correlation of two flipped maps is exactly the original correlation with its positions permuted,
 so the regression head sees a correlation tensor that a mirror-equivariant backbone would give
-for the mirrored photos; the ground truth above is exact for it. ``tests/test_training.py``
+for the mirrored photos; the ground truth above is exact for it. ``tests/test_training_mirror.py``
 checks the transformations against warping mirrored images.
 """
 

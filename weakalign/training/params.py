@@ -115,6 +115,10 @@ WEAK_DEFAULTS: dict = {
         "normalize": True,
         "offset_factor": 227.0 / 210.0,
         "tps_reg_factor": 0.2,
+        # how the two-stage count composes affine and TPS (weakalign/losses/inlier.py):
+        # reference = the original's ComposedGeometricTnf (weakalign parity: equal within 2e-8);
+        # analytic = this project's earlier closed form (differs at the border by ~1e-3)
+        "composition": "reference",
     },
     "batch_size": 16,
     "schedule": [{"epochs": 3, "lr": 5.0e-5}],
@@ -318,6 +322,8 @@ def _validate(block: str, cfg: dict) -> None:
             raise _user_error(f"train_weak.train_parts must be regressors, last_blocks or all, got {cfg['train_parts']!r}")
         if cfg["selection"] not in ("heldout_weak_score", "pf_pascal_val_pck", "last_epoch"):
             raise _user_error(f"train_weak.selection must be heldout_weak_score, pf_pascal_val_pck or last_epoch, got {cfg['selection']!r}")
+        if cfg["loss"]["composition"] not in ("reference", "analytic"):
+            raise _user_error(f"train_weak.loss.composition must be reference or analytic, got {cfg['loss']['composition']!r}")
         if cfg["loss"]["mask"] not in ("identity", "none"):
             raise _user_error(f"train_weak.loss.mask must be identity or none, got {cfg['loss']['mask']!r}")
 

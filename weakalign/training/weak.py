@@ -34,7 +34,8 @@ from .params import fingerprint, weak_label
 from .sources import cache_path, cached, check_images, module_fingerprint, pair_list, paths_digest, subsample
 from .synthetic import keyed_generator
 
-REFERENCE_LOSS = {"tolerance": 0, "shape": "square", "mask": "identity", "normalize": True, "offset_factor": 227.0 / 210.0, "tps_reg_factor": 0.2}
+REFERENCE_LOSS = {"tolerance": 0, "shape": "square", "mask": "identity", "normalize": True, "offset_factor": 227.0 / 210.0, "tps_reg_factor": 0.2,
+                  "composition": "reference"}
 
 
 def _user_error(msg):
