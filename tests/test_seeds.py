@@ -115,3 +115,22 @@ def test_seeds_markdown_skips_benchmarks_without_files():
     doc = {"seeds": [1, 2], "command": "weakalign seeds", "profile": "default",
            "benchmarks": {"pf-pascal": {"available": False, "reason": "images not here"}}}
     assert "pf-pascal" not in seeds_markdown(doc)
+
+
+def test_seeds_tables_say_when_the_main_run_changed_since(tmp_path):
+    """seeds.json records each run's params fingerprint; when the current main run's differs, the
+    tables say the seeds are stale instead of silently mixing two configurations."""
+    import json
+
+    from weakalign.seeds import seeds_staleness
+
+    doc = {"main_run_seed": 1, "training": {"1": {"default": {"params_fingerprint": "aaaa"}}}}
+    metrics = tmp_path / "reports" / "metrics"
+    metrics.mkdir(parents=True)
+    assert seeds_staleness(doc, tmp_path) is None  # no main run recorded: nothing to compare
+    (metrics / "train_weak.json").write_text(json.dumps({"params_fingerprint": "aaaa"}))
+    assert seeds_staleness(doc, tmp_path) is None
+    (metrics / "train_weak.json").write_text(json.dumps({"params_fingerprint": "bbbb"}))
+    msg = seeds_staleness(doc, tmp_path)
+    assert msg.startswith("**Stale:**") and "aaaa vs bbbb" in msg
+    assert seeds_staleness({"seeds": [1]}, tmp_path) is None  # old seeds.json without fingerprints

@@ -202,6 +202,24 @@ def _pm(r: dict) -> str:
     return f"{r['mean']:.3f} ± {r['std']:.3f}" if r.get("std") is not None else f"{r['mean']:.3f}"
 
 
+def seeds_staleness(doc: dict, root: Path | None = None) -> str | None:
+    """A warning when the seeds were trained with other ``train_weak`` parameters than the current
+    main run (params fingerprints of ``seeds.json`` and ``reports/metrics/train_weak.json``)."""
+    from .data.paths import project_root
+
+    metrics = Path(root or project_root()) / "reports" / "metrics" / "train_weak.json"
+    try:
+        current = json.loads(metrics.read_text()).get("params_fingerprint")
+        then = doc["training"][str(doc["main_run_seed"])]["default"]["params_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not current or current == then:
+        return None
+    return (f"**Stale:** these seeds were trained with other `train_weak` parameters than the current main run "
+            f"(params fingerprint {then} vs {current} in `reports/metrics/train_weak.json`); their 'main run' column "
+            "is the main run of that time. Refresh with `weakalign seeds --seeds 1 2 3` (about 30 minutes here).")
+
+
 def seeds_markdown(doc: dict, alpha: str = "0.1") -> str:
     """Tables of ``seeds.json``: per model every seed's PCK with its bootstrap interval, the mean ±
     standard deviation over seeds, and the main run's PCK [CI] from ``pck.json``; then the paired
@@ -210,6 +228,7 @@ def seeds_markdown(doc: dict, alpha: str = "0.1") -> str:
 
     out = []
     seeds = [str(s) for s in doc["seeds"]]
+    stale = seeds_staleness(doc)
     for bench, b in doc["benchmarks"].items():
         if not b.get("available", True) or "protocol" not in b:
             continue  # a benchmark without files here (e.g. PF-PASCAL images): nothing to tabulate
@@ -217,6 +236,8 @@ def seeds_markdown(doc: dict, alpha: str = "0.1") -> str:
         out += [f"**Training seeds on {bench}** ({len(seeds)} seeds: {', '.join(seeds)}; `{doc['command']}`, profile {doc['profile']}). "
                 f"PCK@{alpha}, {b['protocol']}; brackets: {conf} bootstrap CI over pairs of that run; mean ± sd: over seeds "
                 f"(sd with n - 1). Main run: `reports/metrics/pck.json`.", ""]
+        if stale:
+            out += [stale, ""]
         head = ["model", "transform", "main run"] + [f"seed {s}" for s in seeds] + ["mean ± sd over seeds"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, kinds in b["models"].items():
