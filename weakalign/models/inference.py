@@ -12,8 +12,8 @@ oneDNN Graph fuser (``torch.jit.enable_onednn_fusion``, switched on only while t
 without gradient): convolution + ReLU and convolution + residual add + ReLU become single oneDNN
 kernels with pre-packed weights, the same kernels ``torch.compile`` emits on CPU but without its
 tens of seconds of compilation. Same float32 arithmetic up to round-off (checked like the
-trace); ResNet-101 at 240x240, batch 16, 2 cores: about 0.68x the time per image of the frozen
-graph without it (``benchmarks/README.md``). Training keeps the default ``False``.
+trace); ResNet-101 at 240x240, batch 16, 2 cores: 0.62x the time per image of the frozen graph
+without it (``reports/benchmarks/variants_resnet101.md``). Training keeps the default ``False``.
 
 :func:`flush_denormals` matters even more: with ImageNet weights on real photos, EfficientNet
 activations underflow into denormal floats, which x86 CPUs process very slowly. Flushing them to
@@ -82,8 +82,8 @@ def optimized_backbone(backbone: nn.Module, example: torch.Tensor, rtol: float =
 
     The body is traced on the first image of ``example`` and checked against the eager original
     on the first ``check_images`` (default 2): tracing on one image and checking on two catches a
-    batch size baked into the trace, and costs 5 backbone passes instead of 3 per example image
-    (on ResNet-101, 16 example images took 8.4 s, a 7% overhead on the 900 PF-WILLOW pairs).
+    batch size baked into the trace, and costs a few backbone passes instead of 3 per example
+    image (a full batch of 16 used to be traced and checked).
     Only the first ``check_images`` of ``example`` are used; its height and width must be those
     of the later inputs (tracing may bake spatial sizes, e.g. TF 'same' padding). ``onednn_fusion``:
     see the module docstring (the check then runs the fused graph: it is run twice, as the
