@@ -299,3 +299,15 @@ def test_pf_willow_reader_wrong_coordinate_count(tmp_path):
     p.write_text(",".join(PF_WILLOW_HEADER[:-1]) + "\n")  # 41 columns: one coordinate short
     with pytest.raises(CsvFormatError, match="41 columns in the header, expected 42"):
         read_pf_willow_pairs(p, expected_rows=None)
+
+
+def test_unknown_backbone_is_a_one_line_cli_error():
+    """model.backbone: nope used to pass the resolver and end in a bare ValueError traceback when
+    the model was built."""
+    from weakalign.cli import expected_errors
+    from weakalign.models.backbones import UnknownBackbone, build_backbone
+
+    with pytest.raises(UnknownBackbone, match="unknown backbone 'nope'.*efficientnet_lite0.*params.yaml") as err:
+        build_backbone("nope", weights="random")
+    assert isinstance(err.value, expected_errors())
+    assert isinstance(err.value, ValueError)  # callers catching ValueError keep working

@@ -75,6 +75,11 @@ class BackboneWeightsNotFound(FileNotFoundError):
     """The pretrained weights file of a backbone is not on this machine (never downloaded)."""
 
 
+class UnknownBackbone(ValueError):
+    """A backbone name that is not registered (a params.yaml / checkpoint value, hence a one-line
+    CLI error naming the registered names)."""
+
+
 class BackboneWeightsMismatch(ValueError):
     """A weights file does not map completely and shape-exactly onto the architecture."""
 
@@ -444,7 +449,8 @@ def list_backbones() -> list[str]:
 
 def _spec(name: str) -> _Spec:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; registered backbones: {', '.join(list_backbones())}")
+        raise UnknownBackbone(f"unknown backbone {name!r}; registered backbones: {', '.join(list_backbones())} "
+                              "(set model.backbone in params.yaml to one of them)")
     return _REGISTRY[name]
 
 
