@@ -306,7 +306,9 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
     spec = benchmark_spec(bench)
     score, protocol, row = SCORERS[spec.scorer]
     measures = spec.measures
-    out = {"available": True, "pairs": st["pairs"], "kind": "dense", "protocol": protocol, "measures": list(measures), "models": {}}
+    from .metrics import pairs_label
+
+    out = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "kind": "dense", "protocol": protocol, "measures": list(measures), "models": {}}
     rows = []
     for name, mst in st["models"].items():
         if not mst.get("available"):
@@ -320,7 +322,7 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
             rows.append((name, kind, *[vals[m] for m in measures]))
         out["models"][name] = entry
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"### {bench} ({st['pairs']} pairs)", "", f"Protocol: {protocol}", "",
+    lines = [f"### {bench} ({pairs_label(out)})", "", f"Protocol: {protocol}", "",
              "| model | transform | " + " | ".join(measures) + " |", "|---|---|" + "---|" * len(measures)]
     lines += [f"| {r[0]} | {r[1]} | " + " | ".join(fmt(v) for v in r[2:]) + " |" for r in rows]
     return out, "\n".join(lines) + "\n"
