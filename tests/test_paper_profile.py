@@ -9,7 +9,7 @@ this process, in a temporary project folder whose ``params.yaml`` is the reposit
 * ``data``: 2 + 2 Caltech-101 weak pairs, 4 strong validation photos (the splits stage needs
   its Caltech lists in every profile);
 * ``profiles.paper``: 2 photos per batch and one epoch per schedule phase (strong: 1 + 1, so
-  ``restart_from_best`` runs), 2 weak / NCNet training pairs, 2 validation pairs, evaluation on
+  ``restart_from_best`` runs), 2 weak / NCNet training pairs, 2 (weak) / 4 (NCNet) validation pairs, evaluation on
   2 evenly spaced pairs per benchmark, 50 bootstrap resamples.
 
 Image sizes are the paper's (240 x 240 for CNNGeometric / WeakAlign, 400 x 400 for NCNet) and
@@ -64,8 +64,8 @@ TINY = {
         "num_workers": 0,
     },
     "train_ncnet": {
-        "data": {"max_train_pairs": 2, "max_val_pairs": 2},
-        "batch_size": 1,
+        "data": {"max_train_pairs": 2, "max_val_pairs": 4},  # NCNet needs >= 4 held-out pairs
+        "batch_size": 2,  # the least NCNet's negatives allow
         "schedule": [{"epochs": 1, "lr": 5.0e-4}],
     },
     "evaluate": {"max_pairs": 2, "batch_size": 2, "bootstrap": {"resamples": 50}},
@@ -144,6 +144,8 @@ def test_paper_profile_miniature(tmp_path, monkeypatch, capsys):
         rc = main(argv)
         times[stage] = round(time.perf_counter() - t, 1)
         out = capsys.readouterr()
+        with capsys.disabled():
+            print(f"  {stage}: {times[stage]} s", flush=True)
         assert rc == 0, f"stage {stage} (weakalign {' '.join(argv)}) exited {rc}:\n{out.out[-3000:]}\n{out.err[-3000:]}"
         if stage == "data_pf_pascal":
             assert standins.make_pf_pascal_images(data) > 1000

@@ -168,19 +168,10 @@ def load_model(spec: dict, root: Path):
 
 
 def subset(dataset, max_pairs: int):
-    """``max_pairs`` evenly spaced pairs of ``dataset`` (all when 0 or more than it has), as a
-    shallow copy: used identically at predict and at metrics time, so the cache and the ground
-    truth stay in the same order."""
-    import copy
+    """``max_pairs`` evenly spaced pairs of ``dataset`` (:func:`weakalign.data.datasets.evenly_spaced`)."""
+    from ..data.datasets import evenly_spaced
 
-    n = len(dataset.records)
-    if not max_pairs or max_pairs >= n:
-        return dataset
-    keep = [round(i * (n - 1) / (max_pairs - 1)) for i in range(max_pairs)] if max_pairs > 1 else [0]
-    out = copy.copy(dataset)
-    out.records = [dataset.records[i] for i in keep]
-    out.pairs_total = n
-    return out
+    return evenly_spaced(dataset, max_pairs)
 
 
 def _short_reason(exc) -> str:

@@ -290,13 +290,12 @@ def pf_pascal_val_pck(model, ctx, batch_size: int, max_pairs: int = 0) -> float:
     spaced pairs; rank 0 computes, then broadcasts)."""
     value = None
     if ctx.main:
-        from ..data.datasets import PFPascalDataset
-        from ..evaluation.commands import subset
+        from ..data.datasets import PFPascalDataset, evenly_spaced
         from ..evaluation.metrics import pck_table
         from ..evaluation.pck import PCKProtocol
         from ..evaluation.predict import predict_pairs
 
-        ds = subset(PFPascalDataset(split="val"), max_pairs)
+        ds = evenly_spaced(PFPascalDataset(split="val"), max_pairs)
         pred = predict_pairs(model, ds, batch_size=batch_size, device=ctx.device, progress=False)
         value = pck_table(pred, PCKProtocol("image_224", (0.1,), "per_pair"), "affine_tps")["result"].pck[0.1]
     return float(ctx.broadcast_object(value))
