@@ -10,7 +10,7 @@ this process, in a temporary project folder whose ``params.yaml`` is the reposit
   its Caltech lists in every profile);
 * ``profiles.paper``: 2 photos per batch and one epoch per schedule phase (strong: 1 + 1, so
   ``restart_from_best`` runs), 2 weak / NCNet training pairs, 2 (weak) / 4 (NCNet) validation pairs, evaluation on
-  2 evenly spaced pairs per benchmark, 50 bootstrap resamples.
+  2 evenly spaced pairs per benchmark, 100 bootstrap resamples (the least allowed).
 
 Image sizes are the paper's (240 x 240 for CNNGeometric / WeakAlign, 400 x 400 for NCNet) and
 the backbone is ResNet-101 with the NCNet PF-PASCAL model's consensus sizes; only counts shrink.
@@ -68,7 +68,7 @@ TINY = {
         "batch_size": 2,  # the least NCNet's negatives allow
         "schedule": [{"epochs": 1, "lr": 5.0e-4}],
     },
-    "evaluate": {"max_pairs": 2, "batch_size": 2, "bootstrap": {"resamples": 50}},
+    "evaluate": {"max_pairs": 2, "batch_size": 2, "bootstrap": {"resamples": 100}},
 }
 TINY_DATA = {"strong_val_images": 4, "weak_train_pairs": 2, "weak_val_pairs": 2}
 
