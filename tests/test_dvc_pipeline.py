@@ -244,3 +244,95 @@ def test_no_profile_overrides_the_templated_paths():
             over = (prof or {}).get(block) or {}
             bad = [k for k in keys if k in over]
             assert not bad, f"profiles.{name}.{block} overrides {bad}: dvc.yaml would not follow"
+
+
+# --- every data folder / CSV a stage reads, in every profile, is a dependency ----------------
+
+def _data_reads(block: str, cfg: dict) -> set[str]:
+    """Data paths (relative to the project root) that the stage reading ``block`` opens with
+    the resolved parameters ``cfg``: image lists / pair lists and the folders their images live
+    in, the PF-PASCAL validation pairs of PCK selection, the evaluation benchmarks' files (from
+    the dataset classes themselves, so a moved file shows up here)."""
+    from weakalign.data.registry import CALTECH_IMAGE_ROOT, PF_PASCAL_IMAGE_ROOT, SPLIT_FILES, dataset_class
+
+    image_root = {s: f"data/{PF_PASCAL_IMAGE_ROOT}" if s.startswith("pf-pascal") else
+                  "data/pascal-voc-2011" if s.startswith("voc2011") else f"data/{CALTECH_IMAGE_ROOT}/101_ObjectCategories"
+                  for s in SPLIT_FILES}
+    reads: set[str] = set()
+
+    def spec_reads(spec):
+        if isinstance(spec, str):
+            reads.update({f"data/splits/{SPLIT_FILES[spec]}", image_root[spec]})
+        else:
+            reads.update({spec["csv"], spec.get("image_root") or str(Path(spec["csv"]).parent)})
+
+    if block in ("train_strong", "train_weak", "train_ncnet"):
+        spec_reads(cfg["data"]["train"])
+        spec_reads(cfg["data"]["val"])
+        if block == "train_weak" and cfg["selection"] in ("pf_pascal_val_pck", "reference"):
+            reads.update({"data/pf-pascal/val_pairs_pf_pascal.csv", "data/pf-pascal/PF-dataset-PASCAL"})
+    elif block == "evaluate":
+        for bench in cfg["benchmarks"]:
+            ds = dataset_class(bench)(root=ROOT / "data", _check=False)
+            reads.add(str(ds.csv_path.relative_to(ROOT)))
+            # keypoint benchmarks: images in the archive's folder under image_root (docs/datasets.md);
+            # dense ones: paths in the CSV relative to its folder
+            sub = {"pf-willow": "PF-dataset", "pf-pascal": "PF-dataset-PASCAL"}
+            folder = Path(ds.image_root) / sub[bench] if bench in sub else ds.csv_path.parent
+            reads.add(str(folder.relative_to(ROOT)))
+    return reads
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or Path(path).is_relative_to(d) for d in deps)
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke", "paper"])
+def test_every_data_path_a_stage_reads_is_a_dependency_in_every_profile(profile):
+    from weakalign.config import resolve_block
+    from weakalign.training.params import read_params_file
+
+    doc, _ = read_params_file(ROOT / "params.yaml")
+    stage_block = {"train_strong": "train_strong", "train_weak": "train_weak", "train_weak_ablation": "train_weak",
+                   "train_ncnet": "train_ncnet", "evaluate_predict": "evaluate"}
+    stages = dict(_stages())
+    checked = 0
+    for stage, block in stage_block.items():
+        cfg, used = resolve_block(block, doc, profile=profile)
+        assert used == profile
+        deps = [d for d in stages[stage]["deps"] if not d.startswith("${")]
+        for path in sorted(_data_reads(block, cfg)):
+            assert _covered(path, deps), f"profile {profile}: stage {stage} reads {path}, not a dependency in dvc.yaml"
+            checked += 1
+    # dense benchmarks are re-read by evaluate_metrics (masks / flows from the dataset files)
+    from weakalign.data.registry import benchmark_spec
+
+    cfg, _ = resolve_block("evaluate", doc, profile=profile)
+    dense = {**cfg, "benchmarks": [b for b in cfg["benchmarks"] if benchmark_spec(b).kind == "dense"]}
+    for path in sorted(_data_reads("evaluate", dense)):
+        assert _covered(path, stages["evaluate_metrics"]["deps"]), f"profile {profile}: evaluate_metrics reads {path}"
+    assert checked >= 15
+
+
+def test_optional_dataset_folders_exist_in_a_fresh_clone():
+    """DVC refuses a missing dependency: the folders of the optional datasets are committed
+    (a README each), so their dependency holds in every profile before any fetch."""
+    tracked = subprocess.run(["git", "ls-files", "data"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for st in raw.values() for o in st.get("do", st).get("outs", [])}
+    for folder in ("data/pascal-voc-2011", "data/tss"):
+        assert f"{folder}/README.md" in tracked, folder
+        assert not any(o == folder or Path(o).is_relative_to(folder) for o in outs), folder
+    assert "data/pascal-voc-2011" in raw["train_strong"]["do"]["deps"]
+    assert "data/tss" in raw["evaluate_predict"]["deps"] and "data/tss" in raw["data_audit"]["deps"]
+
+
+def test_a_missing_data_dependency_is_caught(monkeypatch):
+    """The check above fails when a profile reads a folder no dependency covers."""
+    from weakalign.config import resolve_block
+    from weakalign.training.params import read_params_file
+
+    doc, _ = read_params_file(ROOT / "params.yaml")
+    cfg, _ = resolve_block("train_strong", doc, profile="paper")
+    deps = [d for d in dict(_stages())["train_strong"]["deps"] if d != "data/pascal-voc-2011"]
+    assert not all(_covered(p, deps) for p in _data_reads("train_strong", cfg))

@@ -108,3 +108,20 @@ def test_onednn_fusion_backbone_equal_and_flag_restored(tiny_backbone):
         for _ in range(3):  # profiling run, then the optimised (fused) graph
             assert torch.allclose(fast(x), tiny_backbone.eval()(x), atol=1e-5)
     assert torch.jit.onednn_fusion_enabled() == before
+
+
+def test_polygons_of_different_lengths_fit_the_prediction_cache():
+    """Caltech-101: a pair's source and target outlines have their own lengths (bug found by the
+    miniature paper-profile run: the cache was sized by the source outlines only)."""
+    import numpy as np
+
+    from weakalign.data.csvio import PairRecord
+    from weakalign.evaluation import predict
+
+    class Caltech:
+        name = "caltech-101"
+
+    recs = [PairRecord("a.jpg", "b.jpg", "1", 2, np.ones((2, 4)), np.full((2, 7), 2.0))]
+    pred = predict._empty_predictions(recs, Caltech(), ["affine"])
+    assert pred["source_points"].shape == pred["target_points"].shape == (1, 2, 7)
+    assert float(pred["target_points"][0, 0, 6]) == 2.0 and float(pred["source_points"][0, 0, 4]) == -1.0

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .evaluation.metrics import pairs_label
+
 KIND_LABEL = {"identity": "identity", "affine": "affine", "tps": "TPS", "affine_tps": "affine+TPS", "ncnet": "NCNet matches"}
 
 #: The methods compared head to head: (label, model name in pck.json, transform, training stages
@@ -39,6 +41,14 @@ def _ci(res: dict, protocol: str, alpha: str) -> tuple:
     return c.get("low"), c.get("high")
 
 
+def this_repo_source(bench_metrics: dict) -> str:
+    """``source`` cell of this repository's rows: ``this repo``, or ``this repo (3 of 299
+    pairs)`` when the numbers come from a subset (``evaluate.max_pairs``), so a subset is never
+    read beside the paper's full-benchmark numbers as if it were comparable."""
+    label = pairs_label(bench_metrics) if "pairs" in bench_metrics else ""
+    return f"this repo ({label})" if " of " in label else "this repo"
+
+
 def pck_frame(metrics_path: str | Path, benchmark: str, protocol: str = "default", alpha: str = "0.1") -> pd.DataFrame:
     """One row per (model, transform) from ``pck.json``: this repository's numbers, with the
     bootstrap interval in ``PCK low`` / ``PCK high`` (empty when ``pck.json`` has none)."""
@@ -48,15 +58,16 @@ def pck_frame(metrics_path: str | Path, benchmark: str, protocol: str = "default
         return pd.DataFrame([{"source": "this repo", "model": "—", "transform": "—", "PCK": None, "PCK low": None, "PCK high": None,
                               "note": f"not available: {b.get('reason', 'not evaluated')[:200]}"}])
     desc = b["protocols"][protocol]["description"]
+    source = this_repo_source(b)
     rows = []
     for model, kinds in b["models"].items():
         if kinds.get("available") is False:
-            rows.append({"source": "this repo", "model": model, "transform": "—", "PCK": None, "PCK low": None, "PCK high": None,
+            rows.append({"source": source, "model": model, "transform": "—", "PCK": None, "PCK low": None, "PCK high": None,
                          "note": "not available"})
             continue
         for kind, res in kinds.items():
             lo, hi = _ci(res, protocol, alpha)
-            rows.append({"source": "this repo", "model": model, "transform": KIND_LABEL.get(kind, kind),
+            rows.append({"source": source, "model": model, "transform": KIND_LABEL.get(kind, kind),
                          "PCK": res.get(protocol, {}).get(alpha), "PCK low": lo, "PCK high": hi, "note": desc})
     return pd.DataFrame(rows)
 
@@ -68,7 +79,7 @@ def dense_frame(bench_metrics: dict) -> pd.DataFrame:
         if kinds.get("available") is False:
             continue
         for kind, res in kinds.items():
-            rows.append({"source": "this repo", "model": model, "transform": KIND_LABEL.get(kind, kind),
+            rows.append({"source": this_repo_source(bench_metrics), "model": model, "transform": KIND_LABEL.get(kind, kind),
                          **{m: res.get(m) for m in bench_metrics["measures"]}})
     return pd.DataFrame(rows)
 
@@ -396,15 +407,14 @@ def readme_results(root: Path) -> str:
             lines += [f"**{bench}**: not available here ({b.get('reason', '')[:160]}).", ""]
             continue
         if b.get("kind") == "dense":
-            lines += [f"**{bench}** ({b['pairs']} pairs; protocol in `reports/metrics/pck.json`). Reproduce: `dvc repro evaluate_metrics`.", ""]
+            lines += [f"**{bench}** ({pairs_label(b)}; protocol in `reports/metrics/pck.json`). Reproduce: `dvc repro evaluate_metrics`.", ""]
             lines += [to_markdown(dense_frame(b))]
             continue
         desc = b["protocols"]["default"]["description"]
         rest = "; ".join(desc.split("; ")[1:]) or desc
-        of = f" of {b['pairs_total']}" if "pairs_total" in b else ""
         boot = b.get("bootstrap")
         brackets = f"Brackets: {boot['description']}. " if boot else ""
-        lines += [f"**{bench}** ({b['pairs']} pairs{of}). Column PCK = PCK@0.1 with {rest} "
+        lines += [f"**{bench}** ({pairs_label(b)}). Column PCK = PCK@0.1 with {rest} "
                   f"(paper rows: as published, protocol as stated by their source). {brackets}"
                   "Reproduce: `dvc repro evaluate_metrics`; all protocols in `reports/tables/pck.md`.", ""]
         df = comparison_table(metrics, bench)[["source", "model", "transform", "PCK", "PCK low", "PCK high"]]

@@ -405,6 +405,23 @@ class TSSDataset(_Base):
         return item
 
 
+def evenly_spaced(dataset, max_pairs: int):
+    """``max_pairs`` evenly spaced pairs of a pair dataset (one with ``records``; all when 0 or
+    more than it has), as a shallow copy whose ``pairs_total`` is the full count: used
+    identically at predict and at metrics time (``evaluate.max_pairs``) and by PCK model
+    selection, so predictions and ground truth stay in the same order."""
+    import copy
+
+    n = len(dataset.records)
+    if not max_pairs or max_pairs >= n:
+        return dataset
+    keep = [round(i * (n - 1) / (max_pairs - 1)) for i in range(max_pairs)] if max_pairs > 1 else [0]
+    out = copy.copy(dataset)
+    out.records = [dataset.records[i] for i in keep]
+    out.pairs_total = n
+    return out
+
+
 class ImageListDataset(Dataset):
     """Single images resized to ``size`` (h, w), for synthetic strong-pair generation.
 

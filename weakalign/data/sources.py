@@ -273,6 +273,33 @@ _add(
     )
 )
 
+# The original code's VOC 2011 image lists (training_data/pascal-random/): train.csv is the list
+# its strong models were trained on (scripts/train_strong_random_*_pascal.sh), test.csv the one
+# they were selected on (train_strong.py: best test loss). Paper profile only. Checksums: the
+# git blobs of ignacio-rocco/weakalign at commit 52505ea (the official files).
+_WEAKALIGN_RAW = "https://raw.githubusercontent.com/ignacio-rocco/weakalign/52505eaeed52dc82cf755919b119ef99fe8b1ed1"
+for _split, _rows, _sha, _size in (
+        ("train", 13500, "5807374f87a0f7696d27d33b77acc7b111df25c5dd3ba47a8c17e6224083bf85", 729_006),
+        ("test", 560, "3be3c2281860442b2f1928496dcef499b4ba3c5b53e2b8b2774d8635059403f0", 30_246)):
+    _add(
+        SourceFile(
+            key=f"pascal_random_{_split}.csv",
+            dataset="pascal-voc-2011",
+            filename=f"pascal_random_{_split}.csv",
+            # served as training_data/pascal-random/{train,test}.csv; kept under this name
+            url=f"{_WEAKALIGN_RAW}/training_data/pascal-random/{_split}.csv",
+            kind="csv",
+            mirror_names=(f"pascal-voc-2011/pascal_random_{_split}.csv", f"pascal_random_{_split}.csv"),
+            sha256=_sha,
+            size=_size,
+            expected={"rows": _rows, "columns": ["image"]},
+            licence="weakalign repository (MIT); names of Pascal VOC 2011 images",
+            note=f"the original's strong-training {'image list' if _split == 'train' else 'selection list'} "
+                 "(rows TrainVal/VOCdevkit/VOC2011/JPEGImages/<name>.jpg, relative to data/pascal-voc-2011)",
+            approx_size="0.7 MB" if _split == "train" else "30 kB",
+        )
+    )
+
 
 # Named groups of files, as used by `weakalign data fetch NAME`.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -283,7 +310,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "caltech-101": ("101_ObjectCategories.tar.gz",),
     "caltech-101-annotations": ("Annotations.tar", "test_pairs_caltech_with_category.csv"),
     "tss": ("TSS_CVPR2016.zip", "test_pairs_tss.csv"),
-    "pascal-voc-2011": ("VOCtrainval_25-May-2011.tar",),
+    "pascal-voc-2011": ("VOCtrainval_25-May-2011.tar", "pascal_random_train.csv", "pascal_random_test.csv"),
 }
 
 

@@ -168,19 +168,10 @@ def load_model(spec: dict, root: Path):
 
 
 def subset(dataset, max_pairs: int):
-    """``max_pairs`` evenly spaced pairs of ``dataset`` (all when 0 or more than it has), as a
-    shallow copy: used identically at predict and at metrics time, so the cache and the ground
-    truth stay in the same order."""
-    import copy
+    """``max_pairs`` evenly spaced pairs of ``dataset`` (:func:`weakalign.data.datasets.evenly_spaced`)."""
+    from ..data.datasets import evenly_spaced
 
-    n = len(dataset.records)
-    if not max_pairs or max_pairs >= n:
-        return dataset
-    keep = [round(i * (n - 1) / (max_pairs - 1)) for i in range(max_pairs)] if max_pairs > 1 else [0]
-    out = copy.copy(dataset)
-    out.records = [dataset.records[i] for i in keep]
-    out.pairs_total = n
-    return out
+    return evenly_spaced(dataset, max_pairs)
 
 
 def _short_reason(exc) -> str:
@@ -306,7 +297,9 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
     spec = benchmark_spec(bench)
     score, protocol, row = SCORERS[spec.scorer]
     measures = spec.measures
-    out = {"available": True, "pairs": st["pairs"], "kind": "dense", "protocol": protocol, "measures": list(measures), "models": {}}
+    from .metrics import pairs_label
+
+    out = {"available": True, "pairs": st["pairs"], **({"pairs_total": st["pairs_total"]} if "pairs_total" in st else {}), "kind": "dense", "protocol": protocol, "measures": list(measures), "models": {}}
     rows = []
     for name, mst in st["models"].items():
         if not mst.get("available"):
@@ -320,7 +313,7 @@ def dense_metrics(bench: str, st: dict, load_predictions, dataset) -> tuple[dict
             rows.append((name, kind, *[vals[m] for m in measures]))
         out["models"][name] = entry
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"### {bench} ({st['pairs']} pairs)", "", f"Protocol: {protocol}", "",
+    lines = [f"### {bench} ({pairs_label(out)})", "", f"Protocol: {protocol}", "",
              "| model | transform | " + " | ".join(measures) + " |", "|---|---|" + "---|" * len(measures)]
     lines += [f"| {r[0]} | {r[1]} | " + " | ".join(fmt(v) for v in r[2:]) + " |" for r in rows]
     return out, "\n".join(lines) + "\n"

@@ -15,6 +15,17 @@ import torch
 from .pck import PCKProtocol, normalized_errors, pck_from_errors, valid_keypoints
 
 
+def pairs_label(bench_metrics: dict) -> str:
+    """How many pairs a benchmark's numbers come from, saying so when they are a subset:
+    ``"299 pairs"``, or ``"3 of 299 pairs"`` when ``evaluate.max_pairs`` kept 3 evenly spaced
+    pairs of the 299 (``pairs_total`` recorded by ``evaluate predict``). Every table and report
+    heading uses it, so a subset is never shown as if it were the whole benchmark."""
+    n, total = int(bench_metrics["pairs"]), bench_metrics.get("pairs_total")
+    if total is not None and int(total) != n:
+        return f"{n:,} of {int(total):,} pairs"
+    return f"{n:,} pairs"
+
+
 def errors_of(predictions: dict, protocol: PCKProtocol, kind: str) -> torch.Tensor:
     """``B x N`` normalised keypoint errors of one transform ``kind`` of a prediction cache
     (NaN: keypoint not annotated, excluded; see :func:`weakalign.evaluation.pck.normalized_errors`).
@@ -121,10 +132,10 @@ def pck_markdown(bench: str, bench_metrics: dict, protocols: dict) -> str:
     alt = "image" if "image" in protocols else "bbox"
     cols = [("default", a) for a in ("0.05", "0.1", "0.15")] + [("per_keypoint", "0.1"), (alt, "0.1")]
     st = bench_metrics
-    of = f" of {st['pairs_total']}, evenly spaced: evaluate.max_pairs" if "pairs_total" in st else ""
+    of = ", evenly spaced: evaluate.max_pairs" if "pairs_total" in st else ""
     boot = st.get("bootstrap", {})
     conf = f" [{boot['confidence']:.0%} CI]" if boot else ""
-    lines = [f"### {bench} ({st['pairs']} pairs{of})", "", f"Default protocol: {protocols['default'].describe()}.", ""]
+    lines = [f"### {bench} ({pairs_label(st)}{of})", "", f"Default protocol: {protocols['default'].describe()}.", ""]
     if boot:
         lines += [f"Brackets: {boot['description']}.", ""]
     lines += [f"| model | transform | PCK@0.05{conf} | PCK@0.1{conf} | PCK@0.15{conf} | PCK@0.1 per keypoint{conf} | "

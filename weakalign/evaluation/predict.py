@@ -137,7 +137,8 @@ def _empty_predictions(recs, dataset, kinds):
         "transfer_frame": (lambda f: None if f is None else list(f))(transfer_frame_for(dataset)),
     }
     if has_keypoints(recs):
-        n_max = max(r.source_points.shape[1] for r in recs)
+        # Caltech-101 polygons: source and target outlines have their own lengths (padded with -1)
+        n_max = max(max(r.source_points.shape[1], r.target_points.shape[1]) for r in recs)
         pred["source_points"] = _points(recs, "source_points", n_max)
         pred["target_points"] = _points(recs, "target_points", n_max)
     return pred

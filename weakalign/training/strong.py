@@ -14,7 +14,11 @@ every epoch (``--random-sample 1``) and runs the backbone at every step.
 
 Validation (model selection) and the held-out report use fixed seeded pairs of the validation
 image list: even rows select, odd rows report (never used for selection). The report compares
-the selected model's grid loss with the identity transformation's.
+the selected model's grid loss with the identity transformation's. ``selection: reference``
+(paper profile) selects on every row instead, as the original ``train_strong.py`` did with its
+synthetic ``test.csv``; the "held-out" numbers are then those of the selection rows
+(``heldout_is_selection`` in the metrics). Unlike the original, whose test pairs were drawn anew
+each epoch with ``--random-sample``, the selection pairs are seeded and drawn once.
 """
 
 from __future__ import annotations
@@ -121,7 +125,9 @@ class StrongTask(engine.Task):
 
     def validate(self):
         out = {"value": grid_loss_mean(self.step_module, self.val_dataset, self.ctx, self.batch_size)}
-        if self.heldout_dataset is not None:
+        if self.heldout_dataset is self.val_dataset:  # selection: reference (the same rows)
+            out["heldout_grid_loss"] = out["value"]
+        elif self.heldout_dataset is not None:
             # reported per epoch for the loss-vs-minutes curve; never used for selection
             out["heldout_grid_loss"] = grid_loss_mean(self.step_module, self.heldout_dataset, self.ctx, self.batch_size)
         return out
@@ -226,11 +232,14 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     val_paths = image_list(data["val"], data["root"], "train_strong.data.val")
     train_paths = [train_paths[i] for i in subsample(len(train_paths), int(data["max_train_images"]), seed, "train-images")]
     val_paths = [val_paths[i] for i in subsample(len(val_paths), int(data["max_val_images"]), seed, "val-images")]
-    sel_paths, heldout_paths = val_paths[0::2], val_paths[1::2]
+    reference = cfg["selection"] == "reference"
+    # reference: every row selects (the original's test.csv) and the report is on the same rows
+    sel_paths, heldout_paths = (val_paths, val_paths) if reference else (val_paths[0::2], val_paths[1::2])
     if not sel_paths or not heldout_paths:
         from weakalign.cli import UserError
 
-        raise UserError(f"train_strong: need at least 2 validation images (have {len(val_paths)})")
+        need = 1 if reference else 2
+        raise UserError(f"train_strong: need at least {need} validation image(s) in data.val (have {len(val_paths)})")
     check_images(train_paths + val_paths, "train_strong")
 
     engine.seed_everything(seed)
@@ -248,7 +257,7 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
         train_ds = SyntheticPairs(train_paths, kind, data, tuple(cfg["model"]["image_size"]), seed, "train",
                                   pairs_per_image=int(cfg["pairs_per_image"]), fresh_each_epoch=True, warp_on_device=True)
     val_ds = _pair_features(ctx, extractor, kind, sel_paths, cfg, "val", bb_fp, progress)
-    heldout_ds = _pair_features(ctx, extractor, kind, heldout_paths, cfg, "heldout", bb_fp, progress)
+    heldout_ds = val_ds if reference else _pair_features(ctx, extractor, kind, heldout_paths, cfg, "heldout", bb_fp, progress)
     del extractor
     prepare_seconds = time.perf_counter() - t0
 
@@ -290,7 +299,10 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
         "heldout_grid_loss": heldout,
         "heldout_identity_grid_loss": heldout_id,
         "heldout_improvement_factor": heldout_id / heldout if heldout > 0 else None,
-        "selection": {"criterion": "val_grid_loss (synthetic pairs, even rows of the validation images)",
+        "heldout_is_selection": reference,
+        "selection": {"criterion": ("reference: val_grid_loss (synthetic pairs of every row of the validation images, "
+                                    "the original's test split; the held-out numbers are on the same rows)") if reference
+                      else "val_grid_loss (synthetic pairs, even rows of the validation images)",
                       "best_epoch": state["best"]["epoch"], "best_val_grid_loss": state["best"]["value"],
                       "val_identity_grid_loss": val_id, "val_pairs": len(val_ds)},
         "seconds": round(time.perf_counter() - t0, 1),

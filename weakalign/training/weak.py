@@ -17,7 +17,9 @@ Model selection (``selection``): ``heldout_weak_score`` (default, no keypoints a
 mean soft-inlier score on the even rows of the held-out pair list; the odd rows are only used
 for the reported before/after numbers. ``pf_pascal_val_pck`` is the reference code's choice
 (PCK@0.1 on the PF-PASCAL validation pairs: keypoint supervision for model selection); its use
-is recorded in the metrics and the checkpoint. ``last_epoch`` keeps the last weights.
+is recorded in the metrics and the checkpoint; ``data.max_val_pairs`` > 0 keeps that many evenly
+spaced validation pairs (0 = all 308, as the original). ``reference`` is the same criterion under
+the name the paper profile uses in both training blocks. ``last_epoch`` keeps the last weights.
 """
 
 from __future__ import annotations
@@ -276,17 +278,25 @@ def mean_score(step: WeakStep, dataset, ctx, batch_size: int, scorer=None, ident
     return mean_scores(step, dataset, ctx, batch_size, [scorer or step.scorer], identity)[0]
 
 
-def pf_pascal_val_pck(model, ctx, batch_size: int) -> float:
+def uses_val_pck(cfg: dict) -> bool:
+    """``selection`` is PCK@0.1 on the PF-PASCAL validation pairs (``pf_pascal_val_pck`` or its
+    paper-profile name ``reference``)."""
+    return cfg["selection"] in ("pf_pascal_val_pck", "reference")
+
+
+def pf_pascal_val_pck(model, ctx, batch_size: int, max_pairs: int = 0) -> float:
     """PCK@0.1 (PF-PASCAL protocol: images and points at 224 x 224, L = 224, per pair) of the
-    two-stage model on the PF-PASCAL validation pairs (rank 0 computes, then broadcasts)."""
+    two-stage model on the PF-PASCAL validation pairs (``max_pairs`` > 0: that many evenly
+    spaced pairs; rank 0 computes, then broadcasts)."""
     value = None
     if ctx.main:
-        from ..data.datasets import PFPascalDataset
+        from ..data.datasets import PFPascalDataset, evenly_spaced
         from ..evaluation.metrics import pck_table
         from ..evaluation.pck import PCKProtocol
         from ..evaluation.predict import predict_pairs
 
-        pred = predict_pairs(model, PFPascalDataset(split="val"), batch_size=batch_size, device=ctx.device, progress=False)
+        ds = evenly_spaced(PFPascalDataset(split="val"), max_pairs)
+        pred = predict_pairs(model, ds, batch_size=batch_size, device=ctx.device, progress=False)
         value = pck_table(pred, PCKProtocol("image_224", (0.1,), "per_pair"), "affine_tps")["result"].pck[0.1]
     return float(ctx.broadcast_object(value))
 
@@ -297,8 +307,9 @@ class WeakTask(engine.Task):
         self.val_dataset, self.ctx, self.cfg = val_dataset, ctx, cfg
         self.report_dataset = report_dataset
         sel = cfg["selection"]
-        self.selection_mode = {"heldout_weak_score": "max", "pf_pascal_val_pck": "max", "last_epoch": "last"}[sel]
-        self.selection_name = {"heldout_weak_score": "val_score", "pf_pascal_val_pck": "val_pck", "last_epoch": "val_score"}[sel]
+        self.selection_mode = {"heldout_weak_score": "max", "pf_pascal_val_pck": "max", "reference": "max", "last_epoch": "last"}[sel]
+        self.selection_name = {"heldout_weak_score": "val_score", "pf_pascal_val_pck": "val_pck", "reference": "val_pck",
+                               "last_epoch": "val_score"}[sel]
 
     def set_train_mode(self):
         self.model.train(bool(self.cfg["update_bn_buffers"]))
@@ -310,8 +321,8 @@ class WeakTask(engine.Task):
         bs = int(self.cfg["batch_size"])
         score = mean_score(self.step_module, self.val_dataset, self.ctx, bs)
         out = {"value": score}
-        if self.cfg["selection"] == "pf_pascal_val_pck":
-            out = {"value": pf_pascal_val_pck(self.model, self.ctx, bs), "val_score": score}
+        if uses_val_pck(self.cfg):
+            out = {"value": pf_pascal_val_pck(self.model, self.ctx, bs, int(self.cfg["data"]["max_val_pairs"])), "val_score": score}
         if self.report_dataset is not None:
             # the held-out score curve (odd rows): reported per epoch, never used for selection
             out["heldout_score"] = mean_score(self.step_module, self.report_dataset, self.ctx, bs)
@@ -341,13 +352,13 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     outs = {k: engine.resolve_path(v, variant=variant) for k, v in out_spec.items()}
     data, seed = cfg["data"], int(cfg["seed"])
 
-    if cfg["selection"] == "pf_pascal_val_pck":
+    if uses_val_pck(cfg):
         from ..data.datasets import DatasetNotAvailable, PFPascalDataset
 
         try:
             PFPascalDataset(split="val")
         except DatasetNotAvailable as exc:
-            raise _user_error(f"selection pf_pascal_val_pck needs the PF-PASCAL validation pairs and images: {exc}") from exc
+            raise _user_error(f"train_weak.selection {cfg['selection']} needs the PF-PASCAL validation pairs and images: {exc}") from exc
 
     train_recs, train_root = pair_list(data["train"], data["root"], "train_weak.data.train", data["use_flip"])
     val_recs, val_root = pair_list(data["val"], data["root"], "train_weak.data.val", data["use_flip"])
@@ -406,10 +417,11 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
                            "val": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in val_recs)})
     selection = {
         "criterion": cfg["selection"],
-        "uses_keypoints": cfg["selection"] == "pf_pascal_val_pck",
+        "uses_keypoints": uses_val_pck(cfg),
         "description": {
             "heldout_weak_score": "mean two-stage soft-inlier score (this run's loss) on the even rows of the held-out pair list; no keypoints",
             "pf_pascal_val_pck": "PCK@0.1 on the PF-PASCAL validation pairs (reference code's choice; uses keypoint annotations)",
+            "reference": "the original's: PCK@0.1 on the PF-PASCAL validation pairs (= pf_pascal_val_pck; uses keypoint annotations)",
             "last_epoch": "no selection: weights after the last epoch",
         }[cfg["selection"]],
     }
