@@ -86,31 +86,36 @@ class DistContext:
 
 
 @contextmanager
-def distributed_context(cfg: dict, ctx: DistContext | None = None):
+def distributed_context(cfg: dict, ctx: DistContext | None = None, key: str = "device"):
     """``ctx`` when the caller passes one (and keeps owning it); otherwise a new context from
-    ``cfg["device"]`` / ``cfg["threads"]`` (:func:`setup_distributed`), closed on exit."""
+    ``cfg["device"]`` / ``cfg["threads"]`` (:func:`setup_distributed`; ``key`` names the params
+    key in errors, e.g. ``train_strong.device``), closed on exit."""
     if ctx is not None:
         yield ctx
         return
-    ctx = setup_distributed(cfg["device"], int(cfg["threads"]))
+    ctx = setup_distributed(cfg["device"], int(cfg["threads"]), key=key)
     try:
         yield ctx
     finally:
         ctx.close()
 
 
-def setup_distributed(device: str = "auto", threads: int = 0) -> DistContext:
-    """Process group from torchrun's environment (single process when ``WORLD_SIZE`` <= 1)."""
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        from weakalign.cli import UserError
+def setup_distributed(device: str = "auto", threads: int = 0, key: str = "device") -> DistContext:
+    """Process group from torchrun's environment (single process when ``WORLD_SIZE`` <= 1).
 
-        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
-    want_cuda = device != "cpu" and torch.cuda.is_available()
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from weakalign.cli import UserError
+    The device is :func:`weakalign.devices.resolve_device`'s (``auto`` -> CUDA when available);
+    under torchrun a CUDA run puts process ``LOCAL_RANK`` on ``cuda:LOCAL_RANK``, so an explicit
+    ``cuda:N`` there is an error."""
+    from ..devices import resolve_device
 
-        raise UserError("device 'cuda' asked for, but CUDA is not available")
+    resolved = resolve_device(device, key)
+    want_cuda = resolved.type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and want_cuda and ":" in str(device):
+        from weakalign.cli import UserError
+
+        raise UserError(f"{key}: {device!r} names one GPU, but torchrun started {world} processes; "
+                        f"set {key}: auto or cuda (process LOCAL_RANK uses cuda:LOCAL_RANK)")
     ctx = DistContext()
     if world > 1:
         ctx.rank = int(os.environ["RANK"])
@@ -123,7 +128,9 @@ def setup_distributed(device: str = "auto", threads: int = 0) -> DistContext:
             dist.init_process_group(backend="nccl" if want_cuda else "gloo")
             ctx.initialized_here = True
     if want_cuda:
-        ctx.device = torch.device("cuda", ctx.local_rank if world > 1 else torch.cuda.current_device())
+        ctx.device = torch.device("cuda", ctx.local_rank) if world > 1 else resolved
+        if world <= 1:
+            torch.cuda.set_device(resolved)
     if threads and int(threads) > 0:
         torch.set_num_threads(int(threads))
     elif ctx.local_world_size > 1 and ctx.device.type == "cpu":
