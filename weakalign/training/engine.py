@@ -2,9 +2,12 @@
 
 Guarantees (tested in ``tests/test_training*.py``):
 
-* **Same seed, same machine -> same weights.** Everything is seeded
+* **Same seed, same machine -> same weights** (on the CPU). Everything is seeded
   (:func:`seed_everything`), deterministic algorithms are requested, and no sample's content
-  depends on a global random generator (see :mod:`weakalign.training.synthetic`).
+  depends on a global random generator (see :mod:`weakalign.training.synthetic`). On CUDA the
+  request is ``warn_only``: operations without a deterministic CUDA kernel warn and run anyway,
+  and the weak loss needs one (``grid_sample`` backward into a sampled tensor), so CUDA weak
+  trainings are not bit-reproducible (``docs/gpu.md``, "Determinism on CUDA").
 * **Kill at any point, ``--resume`` -> the same final weights as an uninterrupted run.** The
   training-state checkpoint (written atomically every ``checkpoint_every`` steps and at the end
   of every epoch) holds the model, optimiser, LR scheduler, RNG states, the data position
@@ -139,7 +142,8 @@ def setup_distributed(device: str = "auto", threads: int = 0, key: str = "device
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch; ask for deterministic algorithms (warn where impossible)."""
+    """Seed Python, NumPy and torch; ask for deterministic algorithms (warn where impossible:
+    ``warn_only=True`` lets e.g. CUDA ``grid_sample`` backward run non-deterministically)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % (2**32))
