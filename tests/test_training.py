@@ -362,3 +362,30 @@ def test_strong_mirroring_reaches_training(data, tmp_path, monkeypatch):
     a, b, c = (weights(tmp_path / d / "strong_tps.pt") for d in ("m1", "m2", "m0"))
     assert_same_weights(a, b)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_bf16_backbone_trains_with_its_own_float32_feature_cache(data, tmp_path):
+    """``amp: bf16`` (CPU autocast here) trains; the cached features are float32, close to the
+    float32 run's, and keyed by the mode, so a float32 run never reads them (weakalign.devices)."""
+    one = {"schedule": [{"epochs": 1, "lr": 1e-3}], "cache_dir": str(tmp_path / "cache"), "pairs_per_image": 1}
+
+    def cfg(out, **over):
+        c = strong_cfg(data, out, **one, **over)
+        c["data"]["max_train_images"] = 4
+        return c
+
+    m32 = train_strong(cfg(tmp_path / "f32"), "affine", progress=False, backbone_factory=TinyBackbone)
+    n32 = len(list((tmp_path / "cache").glob("*.pt")))
+    m16 = train_strong(cfg(tmp_path / "bf16", amp="bf16"), "affine", progress=False, backbone_factory=TinyBackbone)
+    files = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(files) == 2 * n32  # nothing shared between the two modes
+    by_amp = {}
+    for f in files:
+        obj = safe_load(f)
+        by_amp.setdefault(obj["key"].get("amp", "none"), []).append(obj)
+    assert sorted(by_amp) == ["bf16", "none"]
+    a = next(o for o in by_amp["none"] if o["key"]["what"] == "synthetic-source" and o["key"]["n"] == 4)
+    b = next(o for o in by_amp["bf16"] if o["key"]["what"] == "synthetic-source" and o["key"]["n"] == 4)
+    assert b["source_image"].dtype == torch.float32 and not torch.equal(a["source_image"], b["source_image"])
+    assert (a["source_image"] - b["source_image"]).abs().max() < 0.02
+    assert np.isfinite(m16["heldout_grid_loss"]) and m16["params_fingerprint"] != m32["params_fingerprint"]

@@ -47,13 +47,13 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from weakalign.data.csvio import CsvFormatError
     from weakalign.data.download import VerificationError
     from weakalign.data.images import CorruptImageError, ImageShapeError
-    from weakalign.models.backbones import UnknownBackbone
+    from weakalign.models.backbones import BackboneWeightsMismatch, UnknownBackbone
     from weakalign.models.checkpoints import CheckpointFormatError, UnsafeCheckpointError
 
     return (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
             CheckpointFormatError, UnsafeCheckpointError, CorruptImageError, ImageShapeError,
             CsvFormatError, Image.DecompressionBombError, VerificationError, UnsafeArchiveError,
-            ArchiveContentError, OutputNotWritableError, UnknownBackbone, yaml.YAMLError)
+            ArchiveContentError, OutputNotWritableError, UnknownBackbone, BackboneWeightsMismatch, yaml.YAMLError)
 
 
 def _global_options(p: argparse.ArgumentParser, default, trust: bool = True) -> None:

@@ -21,6 +21,12 @@ Conventions (the same for every block):
    (positive batch size and learning rates, known choices).
 
 Every error is one line naming the file, the key and what to do (:class:`weakalign.cli.UserError`).
+
+5. **Numbers are read as YAML 1.2 reads them** (:func:`load_yaml`): ``5e-08``, ``1E3`` and
+   ``1.0e8`` are floats, as DVC (ruamel.yaml, YAML 1.2) means them when it writes params.yaml
+   for ``dvc exp run -S``; PyYAML alone follows YAML 1.1 and would read them as strings. A
+   value quoted as a string (``lr: "5e-08"``) stays a string and is refused where a number is
+   expected, with a message saying to write it unquoted.
 """
 
 from __future__ import annotations
@@ -30,6 +36,29 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+
+_FLOAT_1_2 = r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"""
+
+
+def _loader():
+    """A ``yaml.SafeLoader`` that also resolves YAML 1.2 exponent floats (module docstring, 5.)."""
+    import re
+
+    import yaml
+
+    class ParamsLoader(yaml.SafeLoader):
+        pass
+
+    ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_1_2), list("-+0123456789."))
+    return ParamsLoader
+
+
+def load_yaml(stream):
+    """``yaml.safe_load`` with YAML 1.2 floats (``5e-08`` is a float, not the string '5e-08')."""
+    import yaml
+
+    return yaml.load(stream, Loader=_loader())
 
 
 def user_error(msg: str) -> Exception:
@@ -144,7 +173,8 @@ def check_values(block: str, cfg, defaults, free_form=frozenset(), path: tuple =
                 raise user_error(f"{name(kp)} must be a non-negative integer, got {v!r}")
         elif isinstance(d, float):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise user_error(f"{name(kp)} must be a number, got {v!r}")
+                quoted = " (a quoted string: write the number without quotes)" if _numeric_string(v) else ""
+                raise user_error(f"{name(kp)} must be a number, got {v!r}{quoted}")
         elif isinstance(d, str):
             if not isinstance(v, str):
                 raise user_error(f"{name(kp)} must be a string, got {v!r}")
@@ -159,6 +189,15 @@ def check_values(block: str, cfg, defaults, free_form=frozenset(), path: tuple =
             if not isinstance(v, dict):
                 raise user_error(f"{name(kp)} must be a mapping, got {v!r}")
             check_values(block, v, d, free_form, kp)
+
+
+def _numeric_string(v) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except ValueError:
+        return False
 
 
 def selected_profile(doc: dict, where: str, profile: str | None = None) -> str:

@@ -10,12 +10,14 @@ def collect() -> dict:
     import torch
 
     from weakalign import __version__
+    from weakalign.devices import resolve_device
 
     return {
         "weakalign": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
+        "device_auto": str(resolve_device("auto")),  # what `device: auto` uses here (weakalign.devices)
         "threads": torch.get_num_threads(),
         "cpu_cores": os.cpu_count(),
         "machine": platform.machine(),

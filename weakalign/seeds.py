@@ -132,9 +132,12 @@ def predict_checkpoint(root: Path, checkpoint: str, bench: str, eval_cfg: dict) 
     from .evaluation.commands import load_model, subset
     from .evaluation.predict import predict_pairs
 
+    from .devices import resolve_device, set_backbone_amp
+
     ds = subset(get_dataset(bench, root=root / "data"), eval_cfg["max_pairs"])
-    model = load_model({"checkpoint": checkpoint}, root)
-    return predict_pairs(model, ds, batch_size=eval_cfg["batch_size"], device=eval_cfg["device"], progress=False)
+    model = set_backbone_amp(load_model({"checkpoint": checkpoint}, root), eval_cfg["amp"])
+    return predict_pairs(model, ds, batch_size=eval_cfg["batch_size"], device=resolve_device(eval_cfg["device"], "evaluate.device"),
+                         progress=False, num_workers=eval_cfg["num_workers"])
 
 
 def score_seed(preds: dict, bench: str, bootstrap: dict) -> dict:

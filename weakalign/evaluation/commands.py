@@ -11,7 +11,9 @@ The ``evaluate:`` block of ``params.yaml``::
 
     evaluate:
       batch_size: 16
-      device: cpu
+      device: auto                  # auto (the GPU when there is one) | cpu | cuda | cuda:N
+      amp: none                     # backbone mixed precision: none | bf16 | fp16 (weakalign/devices.py)
+      num_workers: 0                # image-decoding processes (0 = in the main process)
       benchmarks: [pf-willow, pf-pascal, caltech-101, tss]
       predictions_dir: data/predictions
       models:                       # name -> spec; order = row order in the tables
@@ -39,7 +41,11 @@ from pathlib import Path
 
 DEFAULTS = {
     "batch_size": 16,
-    "device": "cpu",
+    # auto = cuda when available, else cpu (weakalign/devices.py); evaluation is deterministic
+    # on the CPU, so auto on a CPU-only machine gives the numbers of `device: cpu`
+    "device": "auto",
+    "amp": "none",  # none | bf16 | fp16: autocast around the backbone only (weakalign/devices.py)
+    "num_workers": 0,  # image-decoding processes for the benchmark images (0 = main process)
     "benchmarks": ["pf-willow", "pf-pascal", "caltech-101", "tss"],
     "predictions_dir": "data/predictions",
     "metrics": "reports/metrics/pck.json",
@@ -84,7 +90,10 @@ def _validate(block: str, cfg: dict) -> None:
     """Rules of the evaluate block after the generic type/range checks of weakalign.config
     (non-negative max_pairs, numbers are numbers, no NaN: there)."""
     from ..config import user_error
+    from ..devices import check_amp, check_device_name
 
+    check_device_name(f"{block}.device", cfg["device"])
+    check_amp(f"{block}.amp", cfg["amp"])
     if cfg["batch_size"] < 1:
         raise user_error(f"{block}.batch_size must be >= 1, got {cfg['batch_size']!r}")
     if not all(isinstance(b, str) for b in cfg["benchmarks"]):
@@ -204,9 +213,12 @@ def _predict(args) -> int:
     from ..info import environment
     from .predict import predict_pairs
 
+    from ..devices import resolve_device, set_backbone_amp
+
     t0 = time.time()
     root = project_root()
     cfg = load_block(args.params)
+    device = resolve_device(cfg["device"], "evaluate.device")
     out_dir = root / cfg["predictions_dir"]
     status = {}
     n_done = 0
@@ -221,7 +233,9 @@ def _predict(args) -> int:
             status[bench] = {"available": False, "reason": _short_reason(exc)}
             print(f"{bench}: not available ({status[bench]['reason']})")
             continue
-        status[bench] = {"available": True, "pairs": len(ds), "models": {}, "environment": environment(cfg["device"])}
+        status[bench] = {"available": True, "pairs": len(ds), "models": {}, "environment": environment(str(device))}
+        if cfg["amp"] != "none":
+            status[bench]["environment"]["amp"] = cfg["amp"]
         if getattr(ds, "pairs_total", None):
             status[bench]["pairs_total"] = ds.pairs_total
             print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
@@ -239,12 +253,14 @@ def _predict(args) -> int:
                 from weakalign.cli import UserError
 
                 raise UserError(f"model {name!r}: {exc}. Train it first (dvc repro) or mark it optional in params.yaml") from exc
+            set_backbone_amp(model, cfg["amp"])
+            run = {"batch_size": cfg["batch_size"], "device": device, "progress": not args.quiet, "num_workers": cfg["num_workers"]}
             if is_ncnet_spec(spec):
                 from ..ncnet import predict_pairs_ncnet
 
-                pred = predict_pairs_ncnet(model, ds, batch_size=cfg["batch_size"], device=cfg["device"], progress=not args.quiet)
+                pred = predict_pairs_ncnet(model, ds, **run)
             else:
-                pred = predict_pairs(model, ds, batch_size=cfg["batch_size"], device=cfg["device"], progress=not args.quiet)
+                pred = predict_pairs(model, ds, **run)
             pred["model"] = name
             pred["model_spec"] = {k: str(v) for k, v in spec.items()}
             path = out_dir / bench / f"{_safe_name(name)}.pt"

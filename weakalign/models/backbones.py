@@ -81,7 +81,9 @@ class UnknownBackbone(ValueError):
 
 
 class BackboneWeightsMismatch(ValueError):
-    """A weights file does not map completely and shape-exactly onto the architecture."""
+    """A weights file does not map completely and shape-exactly onto the architecture, or its
+    SHA-256 does not match the digest in its torchvision name (a one-line CLI error naming the
+    file and what to do)."""
 
 
 class Backbone(nn.Module):
@@ -124,8 +126,9 @@ def _hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _check_torchvision_hash(path: Path) -> None:
-    """torchvision file names end in the first hex digits of the file's SHA-256: check them."""
+def _check_torchvision_hash(path: Path, url: str | None = None) -> None:
+    """torchvision file names end in the first hex digits of the file's SHA-256: check them
+    (:class:`BackboneWeightsMismatch` naming the file, the digests and where to fetch it again)."""
     m = re.search(r"-([a-f0-9]{6,})\.pth$", path.name)
     if m is None:  # user-supplied file under another name: nothing to check against
         return
@@ -134,9 +137,10 @@ def _check_torchvision_hash(path: Path) -> None:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     if not digest.hexdigest().startswith(m.group(1)):
+        again = f"delete it and fetch {url} again" if url else "delete it and fetch it again"
         raise BackboneWeightsMismatch(
             f"{path}: SHA-256 {digest.hexdigest()[:12]}... does not match the '{m.group(1)}' in its "
-            "name; the file is probably truncated or corrupt, fetch it again."
+            f"name; the file is probably truncated or corrupt: {again} (docs/backbones.md)."
         )
 
 
@@ -234,7 +238,7 @@ def _vgg16_url() -> str:
 
 def _load_torchvision_file(name: str, url: str, weights_path) -> dict:
     path = _find_torchvision_weights(name, url, weights_path)
-    _check_torchvision_hash(path)
+    _check_torchvision_hash(path, url)
     return _load_state_dict_file(path)
 
 

@@ -63,18 +63,36 @@ class ModelConfig:
 
 
 class FeatureExtraction(nn.Module):
-    """Backbone + optional feature L2-normalisation. ``forward`` takes *normalised* images."""
+    """Backbone + optional feature L2-normalisation. ``forward`` takes *normalised* images.
+
+    ``amp`` (``none`` | ``bf16`` | ``fp16``, set by :func:`weakalign.devices.set_backbone_amp`;
+    not part of the weights): the backbone alone runs under ``torch.autocast`` with that dtype
+    and its output is cast back to float32 before the L2 normalisation; ``none`` runs exactly
+    the float32 code."""
 
     def __init__(self, backbone: nn.Module, l2norm: bool = True):
         super().__init__()
         self.backbone = backbone
         self.l2norm = l2norm
+        self.amp = "none"
 
     def normalize(self, image01: torch.Tensor) -> torch.Tensor:
         return self.backbone.normalize(image01)
 
+    def run_backbone(self, image: torch.Tensor, backbone: nn.Module | None = None) -> torch.Tensor:
+        """``(backbone or self.backbone)(image)``, under autocast when ``amp`` is set (float32 out)."""
+        backbone = backbone if backbone is not None else self.backbone
+        mode = getattr(self, "amp", "none")
+        if mode == "none":
+            return backbone(image)
+        from ..devices import amp_dtype
+
+        with torch.autocast(image.device.type, dtype=amp_dtype(mode)):
+            f = backbone(image)
+        return f.float()
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        f = self.backbone(image)
+        f = self.run_backbone(image)
         return feature_l2norm(f) if self.l2norm else f
 
 

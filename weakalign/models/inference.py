@@ -110,12 +110,12 @@ def optimized_backbone(backbone: nn.Module, example: torch.Tensor, rtol: float =
 
 
 def optimize_for_inference(model: nn.Module, batch_size: int = 16, onednn_fusion: bool = False) -> nn.Module:
-    """Copy of ``model`` whose backbone is :func:`optimized_backbone` (CPU only; on other devices
-    the model is returned unchanged). ``batch_size`` is no longer used (kept for callers): the
+    """Copy of ``model`` whose backbone is :func:`optimized_backbone` (CPU only; on other devices,
+    or with the backbone under autocast, the model is returned unchanged). ``batch_size`` is no longer used (kept for callers): the
     trace is made on one image and checked on two."""
     p = next(model.parameters())
-    if p.device.type != "cpu":
-        return model
+    if p.device.type != "cpu" or getattr(model.feature_extraction, "amp", "none") != "none":
+        return model  # the traced float32 graph is for CPU without autocast (weakalign.devices)
     fast = copy.copy(model)
     fast._modules = dict(model._modules)
     fe = copy.copy(model.feature_extraction)

@@ -18,7 +18,8 @@ BLOCK = "train_ncnet"
 
 NCNET_DEFAULTS: dict = {
     "seed": 1,
-    "device": "auto",  # auto (cuda if available) | cpu | cuda
+    "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N (weakalign/devices.py)
+    "amp": "none",  # backbone mixed precision: none | bf16 | fp16 (fp16 only with a frozen backbone)
     "threads": 0,  # torch intra-op threads; 0 = torch's default
     "model": {
         "backbone": "efficientnet_lite0",  # a name of weakalign.models.backbones (reference: resnet101)
@@ -86,9 +87,12 @@ def resolve_ncnet(doc: dict, where: str = "params.yaml", profile: str | None = N
 
 def validate(cfg: dict) -> None:
     """Rules of the block after the generic type/range checks of weakalign.config."""
+    from ..devices import check_amp, check_device_name
     from ..training.params import check_schedule
 
     check_schedule(BLOCK, cfg["schedule"])
+    check_device_name(f"{BLOCK}.device", cfg["device"])
+    check_amp(f"{BLOCK}.amp", cfg["amp"], backbone_gradient=int(cfg["fe_finetune"]) > 0)
     if int(cfg["batch_size"]) < 2:
         raise _user_error(f"{BLOCK}.batch_size must be >= 2 (the negatives pair each target with another pair's source)")
     m = cfg["model"]

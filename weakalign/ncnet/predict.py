@@ -34,14 +34,15 @@ KIND = "ncnet"
 
 def predict_pairs_ncnet(model, dataset, batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = True,
                         image_size: Sequence[int] | None = None, optimize: bool = True, interpolation: str = "bilinear",
-                        flush_denormals: bool = True, reuse_memory: bool = True) -> dict:
+                        flush_denormals: bool = True, reuse_memory: bool = True, num_workers: int = 0) -> dict:
     """Run ``model`` (an :class:`~weakalign.ncnet.model.NCNet`) over every pair of ``dataset``.
 
     ``image_size`` (h, w) overrides the model's input size; ``optimize`` runs the backbone
     through :func:`weakalign.models.inference.optimized_backbone` (CPU; same features up to
     round-off); ``interpolation`` is ``bilinear`` (reference) or ``nearest``. ``reuse_memory``
     calls :func:`weakalign.ncnet.runtime.reuse_freed_memory` (process-wide glibc setting; halves
-    the consensus time on CPU by avoiding page faults, results unchanged)."""
+    the consensus time on CPU by avoiding page faults, results unchanged); ``num_workers``: image
+    decoding processes."""
     from ..models.inference import flush_denormals as _flush
 
     if getattr(model, "geometric_model", None) != KIND:
@@ -54,13 +55,14 @@ def predict_pairs_ncnet(model, dataset, batch_size: int = 16, device: str | torc
 
         reuse_freed_memory()
     with _flush(flush_denormals), torch.inference_mode():
-        return _predict(model, dataset, int(batch_size), torch.device(device), progress, image_size, optimize, interpolation)
+        return _predict(model, dataset, int(batch_size), torch.device(device), progress, image_size, optimize, interpolation,
+                        int(num_workers))
 
 
 def _features(model, images: torch.Tensor, batch_size: int, device, optimize: bool, progress: bool) -> torch.Tensor:
     fe = model.feature_extraction
     backbone = fe.backbone
-    if optimize and device.type == "cpu" and len(images):
+    if optimize and device.type == "cpu" and len(images) and getattr(fe, "amp", "none") == "none":
         from ..models.inference import optimized_backbone
 
         n = min(batch_size, len(images))
@@ -68,12 +70,12 @@ def _features(model, images: torch.Tensor, batch_size: int, device, optimize: bo
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
         x = fe.normalize(images[i:i + batch_size].to(device))
-        f = backbone(x)
+        f = fe.run_backbone(x, backbone)  # autocast when fe.amp is set (weakalign.devices)
         out.append(feature_l2norm(f) if fe.l2norm else f)
     return torch.cat(out)
 
 
-def _predict(model, dataset, batch_size, device, progress, image_size, optimize, interpolation) -> dict:
+def _predict(model, dataset, batch_size, device, progress, image_size, optimize, interpolation, num_workers=0) -> dict:
     t0 = time.perf_counter()
     recs, paths, index = _pair_table(dataset)
     pred = _empty_predictions(recs, dataset, [KIND])
@@ -82,7 +84,7 @@ def _predict(model, dataset, batch_size, device, progress, image_size, optimize,
     tgt_idx = torch.tensor([index[_keys(r, flip)[1]] for r in recs], dtype=torch.long)
     model = model.to(device).eval()
     size = tuple(int(v) for v in (image_size or model.config.image_size))
-    images, sizes = _load_images(paths, size, progress)
+    images, sizes = _load_images(paths, size, progress, num_workers, pin_memory=device.type == "cuda")
     feats = _features(model, images, batch_size, device, optimize, progress)
     src_size, tgt_size = sizes[src_idx], sizes[tgt_idx]
     pred["source_size"], pred["target_size"] = src_size, tgt_size

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..devices import set_backbone_amp
 from ..training import engine
 from ..training.sources import cache_path, cached, check_images, extract_features, module_fingerprint, pair_list, paths_digest, subsample
 from ..training.weak import load_pair_image
@@ -79,6 +80,8 @@ def pair_features(ctx, model: NCNet, records, image_root, size, use_flip: bool, 
     keys = list(dict.fromkeys(_image_key(p, r.flip, use_flip) for r in records for p in (r.source, r.target)))
     key = {"what": "ncnet-features", "backbone": backbone_fp, "l2norm": bool(model.config.normalize_features),
            "image_size": list(size), "root": str(image_root), "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
+    if cfg["amp"] != "none":  # features made under autocast never mix with float32 ones
+        key["amp"] = cfg["amp"]
     obj = cached(ctx, cache_path(cfg["cache_dir"], "ncnet", key), key, lambda: extract_features(
         model, _UniqueImages(keys, image_root, size), ("image",), int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device,
         f"features {what}", progress))
@@ -216,7 +219,7 @@ def train_ncnet(cfg: dict, *, resume: str = "never", max_steps: int = 0, progres
                 backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
     """Train NCNet with the weak loss (see the module docstring); returns the metrics dict."""
     t0 = time.perf_counter()
-    with engine.distributed_context(cfg, ctx) as ctx:
+    with engine.distributed_context(cfg, ctx, key="train_ncnet.device") as ctx:
         return _train(cfg, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
 
 
@@ -239,7 +242,7 @@ def _train(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0)
     check_images([val_root / p for r in val_recs for p in (r.source, r.target)], "train_ncnet.data.val")
 
     engine.seed_everything(seed)
-    model = build_training_model(cfg, backbone_factory).to(ctx.device)
+    model = set_backbone_amp(build_training_model(cfg, backbone_factory).to(ctx.device), cfg["amp"])
     trains = model.set_finetune(int(cfg["fe_finetune"]))
     size = tuple(model.config.image_size)
     bb_fp = module_fingerprint(model.feature_extraction)

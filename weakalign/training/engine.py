@@ -2,9 +2,12 @@
 
 Guarantees (tested in ``tests/test_training*.py``):
 
-* **Same seed, same machine -> same weights.** Everything is seeded
+* **Same seed, same machine -> same weights** (on the CPU). Everything is seeded
   (:func:`seed_everything`), deterministic algorithms are requested, and no sample's content
-  depends on a global random generator (see :mod:`weakalign.training.synthetic`).
+  depends on a global random generator (see :mod:`weakalign.training.synthetic`). On CUDA the
+  request is ``warn_only``: operations without a deterministic CUDA kernel warn and run anyway,
+  and the weak loss needs one (``grid_sample`` backward into a sampled tensor), so CUDA weak
+  trainings are not bit-reproducible (``docs/gpu.md``, "Determinism on CUDA").
 * **Kill at any point, ``--resume`` -> the same final weights as an uninterrupted run.** The
   training-state checkpoint (written atomically every ``checkpoint_every`` steps and at the end
   of every epoch) holds the model, optimiser, LR scheduler, RNG states, the data position
@@ -86,31 +89,36 @@ class DistContext:
 
 
 @contextmanager
-def distributed_context(cfg: dict, ctx: DistContext | None = None):
+def distributed_context(cfg: dict, ctx: DistContext | None = None, key: str = "device"):
     """``ctx`` when the caller passes one (and keeps owning it); otherwise a new context from
-    ``cfg["device"]`` / ``cfg["threads"]`` (:func:`setup_distributed`), closed on exit."""
+    ``cfg["device"]`` / ``cfg["threads"]`` (:func:`setup_distributed`; ``key`` names the params
+    key in errors, e.g. ``train_strong.device``), closed on exit."""
     if ctx is not None:
         yield ctx
         return
-    ctx = setup_distributed(cfg["device"], int(cfg["threads"]))
+    ctx = setup_distributed(cfg["device"], int(cfg["threads"]), key=key)
     try:
         yield ctx
     finally:
         ctx.close()
 
 
-def setup_distributed(device: str = "auto", threads: int = 0) -> DistContext:
-    """Process group from torchrun's environment (single process when ``WORLD_SIZE`` <= 1)."""
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        from weakalign.cli import UserError
+def setup_distributed(device: str = "auto", threads: int = 0, key: str = "device") -> DistContext:
+    """Process group from torchrun's environment (single process when ``WORLD_SIZE`` <= 1).
 
-        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
-    want_cuda = device != "cpu" and torch.cuda.is_available()
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from weakalign.cli import UserError
+    The device is :func:`weakalign.devices.resolve_device`'s (``auto`` -> CUDA when available);
+    under torchrun a CUDA run puts process ``LOCAL_RANK`` on ``cuda:LOCAL_RANK``, so an explicit
+    ``cuda:N`` there is an error."""
+    from ..devices import resolve_device
 
-        raise UserError("device 'cuda' asked for, but CUDA is not available")
+    resolved = resolve_device(device, key)
+    want_cuda = resolved.type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and want_cuda and ":" in str(device):
+        from weakalign.cli import UserError
+
+        raise UserError(f"{key}: {device!r} names one GPU, but torchrun started {world} processes; "
+                        f"set {key}: auto or cuda (process LOCAL_RANK uses cuda:LOCAL_RANK)")
     ctx = DistContext()
     if world > 1:
         ctx.rank = int(os.environ["RANK"])
@@ -123,7 +131,9 @@ def setup_distributed(device: str = "auto", threads: int = 0) -> DistContext:
             dist.init_process_group(backend="nccl" if want_cuda else "gloo")
             ctx.initialized_here = True
     if want_cuda:
-        ctx.device = torch.device("cuda", ctx.local_rank if world > 1 else torch.cuda.current_device())
+        ctx.device = torch.device("cuda", ctx.local_rank) if world > 1 else resolved
+        if world <= 1:
+            torch.cuda.set_device(resolved)
     if threads and int(threads) > 0:
         torch.set_num_threads(int(threads))
     elif ctx.local_world_size > 1 and ctx.device.type == "cpu":
@@ -132,7 +142,8 @@ def setup_distributed(device: str = "auto", threads: int = 0) -> DistContext:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch; ask for deterministic algorithms (warn where impossible)."""
+    """Seed Python, NumPy and torch; ask for deterministic algorithms (warn where impossible:
+    ``warn_only=True`` lets e.g. CUDA ``grid_sample`` backward run non-deterministically)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % (2**32))

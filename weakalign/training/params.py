@@ -29,7 +29,9 @@ from pathlib import Path
 
 STRONG_DEFAULTS: dict = {
     "seed": 1,
-    "device": "auto",  # auto (cuda if available) | cpu | cuda
+    "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N (weakalign/devices.py)
+    # mixed precision of the backbone only: none | bf16 | fp16 (weakalign/devices.py)
+    "amp": "none",
     "threads": 0,  # torch intra-op threads; 0 = torch's default (divided among local DDP ranks)
     "model": {
         "backbone": "efficientnet_lite0",
@@ -88,6 +90,7 @@ STRONG_DEFAULTS: dict = {
 WEAK_DEFAULTS: dict = {
     "seed": 1,
     "device": "auto",
+    "amp": "none",  # bf16 when a gradient passes through the backbone (fp16 is refused there)
     "threads": 0,
     "init": {"affine": "models/strong_affine.pt", "tps": "models/strong_tps.pt"},
     "data": {
@@ -186,7 +189,7 @@ def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
 
     from ..data.paths import project_root
 
-    from ..config import BLOCK_MODULES, PROFILED_BLOCKS
+    from ..config import BLOCK_MODULES, PROFILED_BLOCKS, load_yaml
 
     known_top = (*BLOCK_MODULES, "profile", "profiles")
     known_profile_blocks = PROFILED_BLOCKS
@@ -197,7 +200,7 @@ def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
         return {}, p
     try:
         with open(p, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+            doc = load_yaml(fh)  # YAML 1.2 numbers: 5e-08 is a float (weakalign.config)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -232,8 +235,11 @@ def read_params_file(path: str | Path | None) -> tuple[dict, Path]:
 
 
 def parse_set(items: list[str] | None) -> dict:
-    """``["optim.lr=0.1", "data.max_train_images=8"]`` -> nested dict (values parsed as YAML)."""
+    """``["optim.lr=0.1", "data.max_train_images=8"]`` -> nested dict (values parsed as YAML 1.2
+    numbers, :func:`weakalign.config.load_yaml`)."""
     import yaml
+
+    from ..config import load_yaml
 
     out: dict = {}
     for item in items or []:
@@ -249,7 +255,7 @@ def parse_set(items: list[str] | None) -> dict:
             if not isinstance(node, dict):
                 raise _user_error(f"--set {item!r} conflicts with another --set of {part}")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = load_yaml(value)
         except yaml.YAMLError as exc:
             raise _user_error(f"--set {item!r}: the value is not valid YAML") from exc
     return out
@@ -290,6 +296,14 @@ def check_values(block: str, cfg, defaults, path: tuple = ()) -> None:
     _check(block, cfg, defaults, frozenset(FREE_FORM), path)
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def check_schedule(block: str, sched) -> None:
     """``schedule``: a non-empty list of {epochs: int >= 1, lr: finite > 0[, restart_from_best: bool]}."""
     import math
@@ -303,14 +317,21 @@ def check_schedule(block: str, sched) -> None:
         if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
             raise _user_error(f"{block}.schedule[{i}].epochs must be an integer >= 1, got {ep!r}")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise _user_error(f"{block}.schedule[{i}].lr must be a finite number > 0, got {lr!r}")
+            quoted = " (a quoted string: write the number without quotes)" if isinstance(lr, str) and _is_number_text(lr) else ""
+            raise _user_error(f"{block}.schedule[{i}].lr must be a finite number > 0, got {lr!r}{quoted}")
         if not isinstance(ph.get("restart_from_best", False), bool):
             raise _user_error(f"{block}.schedule[{i}].restart_from_best must be true or false")
 
 
 def _validate(block: str, cfg: dict) -> None:
     """Rules of the training blocks after the generic type/range checks of weakalign.config."""
+    from ..devices import check_amp, check_device_name
+
     check_schedule(block, cfg["schedule"])
+    check_device_name(f"{block}.device", cfg["device"])
+    # strong training never back-propagates through its frozen backbone
+    grad_through_backbone = block == "train_weak" and (cfg["train_parts"] != "regressors" or bool(cfg["stage2_backbone_grad"]))
+    check_amp(f"{block}.amp", cfg["amp"], grad_through_backbone)
     if int(cfg["batch_size"]) < 1:
         raise _user_error(f"{block}.batch_size must be >= 1")
     if block == "train_strong":
@@ -339,6 +360,8 @@ def _validate(block: str, cfg: dict) -> None:
 def fingerprint(cfg: dict, extra: dict | None = None) -> str:
     """Hash of everything that determines the trained weights (for safe resuming)."""
     keep = {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS and not k.startswith("_")}
+    if keep.get("amp") == "none":  # float32: the fingerprint of a run from before the option existed
+        del keep["amp"]
     keep["_extra"] = extra or {}
     blob = json.dumps(keep, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

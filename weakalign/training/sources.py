@@ -176,14 +176,18 @@ def extract_features(model, dataset, fields: tuple[str, ...], batch_size: int, n
     """Backbone features (L2-normalised, as the model uses them) of ``dataset`` items' image
     ``fields``; the tensor fields named in ``keep`` (e.g. ``theta``) are stacked alongside, every
     other field is dropped (an image field that is not extracted must never land in the cache).
-    Uses ``no_grad`` (not ``inference_mode``): the features later enter autograd graphs."""
+    Uses ``no_grad`` (not ``inference_mode``): the features later enter autograd graphs. The
+    features are returned (and cached) on the CPU whatever ``device`` computed them; training
+    moves them to its device per batch (pinned memory on CUDA), so a cache made on a GPU is read
+    on a CPU and the other way round."""
     from torch.utils.data import DataLoader
 
     from .engine import progress_bar
 
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=torch.device(device).type == "cuda")
     out: dict[str, list] = {}
     for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         for k, v in batch.items():

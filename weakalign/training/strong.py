@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..devices import set_backbone_amp
 from ..losses import TransformedGridLoss
 from . import engine
 from .params import fingerprint
@@ -192,6 +193,8 @@ def _pair_features(ctx, model, kind, paths, cfg, tag, backbone_fp, progress, pai
     geo = {k: data[k] for k in ("load_size", "padding_factor", "crop_factor")}
     common = {"backbone": backbone_fp, "extractor": getattr(model, "extractor_name", "eager"),
               "image_size": list(out_size), "images": paths_digest(paths), "n": len(paths), **geo}
+    if cfg["amp"] != "none":  # features made under autocast never mix with float32 ones
+        common["amp"] = cfg["amp"]
     bs, nw, dev = int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device
     src_key = {"what": "synthetic-source", **common}
     src = cached(ctx, cache_path(cfg["cache_dir"], "synth-src", src_key), src_key, lambda: extract_features(
@@ -217,7 +220,7 @@ def train_strong(cfg: dict, kind: str, *, resume: str = "never", max_steps: int 
 
         raise UserError(f"--model must be affine or tps, got {kind!r}")
     t0 = time.perf_counter()
-    with engine.distributed_context(cfg, ctx) as ctx:
+    with engine.distributed_context(cfg, ctx, key="train_strong.device") as ctx:
         return _train_strong(cfg, kind, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
 
 
@@ -243,7 +246,7 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     check_images(train_paths + val_paths, "train_strong")
 
     engine.seed_everything(seed)
-    model = _build_model(kind, cfg, backbone_factory).to(ctx.device)
+    model = set_backbone_amp(_build_model(kind, cfg, backbone_factory).to(ctx.device), cfg["amp"])
     for p in model.feature_extraction.parameters():
         p.requires_grad_(False)
     bb_fp = module_fingerprint(model.feature_extraction)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..devices import set_backbone_amp
 from ..losses import TwoStageInlierScore
 from . import engine
 from .params import fingerprint, weak_label
@@ -130,6 +131,8 @@ def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, b
     key = {"what": "weak-stage1", "backbone": backbone_fp, "image_size": list(size), "root": str(image_root),
            "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
     key["extractor"] = "traced-channels-last" if ctx.device.type == "cpu" else "eager"
+    if cfg["amp"] != "none":  # features made under autocast (eager) never mix with float32 ones
+        key["extractor"], key["amp"] = "eager", cfg["amp"]
 
     def compute():
         # the backbone is frozen whenever features are cached: its traced, BN-folded copy gives the
@@ -337,7 +340,7 @@ def train_weak(cfg: dict, *, resume: str = "never", max_steps: int = 0, progress
                backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
     """Fine-tune the two-stage model with the soft-inlier loss; returns the metrics dict."""
     t0 = time.perf_counter()
-    with engine.distributed_context(cfg, ctx) as ctx:
+    with engine.distributed_context(cfg, ctx, key="train_weak.device") as ctx:
         return _train_weak(cfg, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
 
 
@@ -378,7 +381,7 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     except ValueError as exc:
         raise _user_error(f"{init['affine']} and {init['tps']} cannot be combined: {exc}") from exc
     del aff, tps
-    model = model.to(ctx.device)
+    model = set_backbone_amp(model.to(ctx.device), cfg["amp"])
     trains = set_trainable(model, cfg["train_parts"], int(cfg["last_blocks"]))
     size = tuple(model.config.image_size)
     bb_fp = module_fingerprint(model.feature_extraction)
