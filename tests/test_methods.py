@@ -148,3 +148,22 @@ def test_entry_point_plugins_register_once(monkeypatch):
         registry.load_plugins(force=True)
     monkeypatch.setattr(md, "entry_points", lambda group=None: [])
     registry.load_plugins(force=True)
+
+
+def test_declared_training_stages_exist_as_commands_and_params_blocks(capsys):
+    """Every TrainingStage a method declares names a real `weakalign` sub-command and a params
+    block the resolver knows; `weakalign methods` lists them."""
+    import argparse
+
+    from weakalign import config
+    from weakalign.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for m in registry.methods().values():
+        for stage in m.training:
+            assert stage.command in sub.choices, (m.name, stage.command)
+            assert stage.block in config.BLOCK_MODULES, (m.name, stage.block)
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "ncnet: NCNet; training: train_ncnet -> weakalign train-ncnet; keypoint benchmarks only" in out
+    assert "cnngeometric: CNNGeometric / WeakAlign; training: train_strong -> weakalign train-strong, train_weak" in out
