@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "weakalign.data.commands",
     "weakalign.training.commands",
     "weakalign.ncnet.commands",
+    "weakalign.methods_command",
     "weakalign.evaluation.commands",
     "weakalign.align",
     "weakalign.notebooks",

@@ -21,13 +21,15 @@ from .evaluation.metrics import pairs_label
 
 KIND_LABEL = {"identity": "identity", "affine": "affine", "tps": "TPS", "affine_tps": "affine+TPS", "ncnet": "NCNet matches"}
 
-#: The methods compared head to head: (label, model name in pck.json, transform, training stages
-#: whose ``seconds`` add up to the method's training time from ImageNet features).
-METHODS = (
-    ("CNNGeometric (strong supervision)", "strong_affine_tps", "affine_tps", ("train_strong_affine", "train_strong_tps")),
-    ("WeakAlign (strong, then weak fine-tuning)", "weak_affine_tps", "affine_tps", ("train_strong_affine", "train_strong_tps", "train_weak")),
-    ("NCNet (weak supervision)", "ncnet", "ncnet", ("train_ncnet",)),
-)
+def __getattr__(name: str):
+    """``METHODS``: the rows of the methods table, (label, model name in pck.json, transform,
+    training records whose ``seconds`` add up to the method's training time from ImageNet
+    features), as the registered methods declare them (:func:`weakalign.methods.table_rows`)."""
+    if name == "METHODS":
+        from .methods import table_rows
+
+        return tuple((r.label, r.model, r.kind, r.training_records) for r in table_rows())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def paper_results() -> list[dict]:
@@ -231,8 +233,10 @@ def methods_frame(metrics_dir: str | Path, benchmark: str = "pf-willow") -> pd.D
     every pair of the benchmark). Missing files give empty cells, never a guessed number."""
     mdir = Path(metrics_dir)
     m = json.loads((mdir / "pck.json").read_text()).get(benchmark, {}) if (mdir / "pck.json").is_file() else {}
+    from .methods import table_rows
+
     rows = []
-    for label, model, kind, stages in METHODS:
+    for label, model, kind, stages in ((r.label, r.model, r.kind, r.training_records) for r in table_rows()):
         res = (m.get("models", {}).get(model) or {}).get(kind, {}) if m.get("available") else {}
         d = res.get("default", {})
         ci = {f"PCK@{a} {e}": _ci(res, "default", a)[j] for a in ("0.05", "0.1", "0.15") for j, e in enumerate(("low", "high"))}
@@ -246,6 +250,9 @@ def methods_frame(metrics_dir: str | Path, benchmark: str = "pf-willow") -> pd.D
         rows.append({"method": label, "model": model, "PCK@0.05": d.get("0.05"), "PCK@0.1": d.get("0.1"), "PCK@0.15": d.get("0.15"),
                      "train, all stages (min)": train, "train, last stage (min)": own, "evaluate (s)": ev, **ci})
     return pd.DataFrame(rows)
+
+
+_PALETTE = ("#4c72b0", "#55a868", "#c44e52", "#8172b3", "#ccb974", "#64b5cd")
 
 
 def methods_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
@@ -262,7 +269,7 @@ def methods_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
             lo, hi = pd.to_numeric(df[f"{col} low"], errors="coerce"), pd.to_numeric(df[f"{col} high"], errors="coerce")
             err = [(vals - lo).fillna(0).clip(lower=0).to_numpy(), (hi - vals).fillna(0).clip(lower=0).to_numpy()]
             ends = hi.fillna(vals)
-        ax.barh(labels, vals.fillna(0), color=["#4c72b0", "#55a868", "#c44e52"][: len(labels)], xerr=err,
+        ax.barh(labels, vals.fillna(0), color=[_PALETTE[i % len(_PALETTE)] for i in range(len(labels))], xerr=err,
                 error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
         for y, v in enumerate(vals):
             ax.text(0 if pd.isna(v) else ends[y], y, " n/a" if pd.isna(v) else f" {v:.3g}", va="center")

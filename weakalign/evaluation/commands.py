@@ -39,6 +39,8 @@ import json
 import time
 from pathlib import Path
 
+from ..methods import NCNET_DENSE_REASON  # noqa: F401  (re-exported: the reason is declared by the method)
+
 DEFAULTS = {
     "batch_size": 16,
     # auto = cuda when available, else cpu (weakalign/devices.py); evaluation is deterministic
@@ -131,20 +133,17 @@ def load_block(params_path: str | Path | None) -> dict:
 
 
 def model_specs(cfg: dict, root: Path) -> dict:
-    """Configured models plus released reference checkpoints found on disk."""
+    """Configured models plus released reference checkpoints found on disk (each tagged with the
+    method its file name declares: :func:`weakalign.methods.spec_for_released`)."""
+    from ..methods import spec_for_released
+
     specs = dict(cfg["models"])
     ref_dir = root / cfg["reference_checkpoints_dir"]
     if ref_dir.is_dir():
         for p in sorted(ref_dir.glob("*.pth.tar")):
-            spec = {"checkpoint": str(p.relative_to(root)), "optional": True}
-            if p.name.lower().startswith("ncnet"):  # ncnet_pfpascal.pth.tar, ncnet_ivd.pth.tar
-                spec["type"] = "ncnet"
+            spec = {"checkpoint": str(p.relative_to(root)), "optional": True, **spec_for_released(p.name)}
             specs.setdefault(f"released:{p.name.removesuffix('.pth.tar')}", spec)
     return specs
-
-
-#: Why an NCNet row is absent from the dense benchmarks (they warp with a parametric transform).
-NCNET_DENSE_REASON = "NCNet gives sparse matches and no parametric transformation; Caltech-101 and TSS warp with theta"
 
 
 def is_ncnet_spec(spec: dict) -> bool:
@@ -152,28 +151,12 @@ def is_ncnet_spec(spec: dict) -> bool:
 
 
 def load_model(spec: dict, root: Path):
-    """Model for a spec (None = identity). Raises FileNotFoundError naming a missing file.
+    """Model for a spec (None = identity), loaded by the method the spec's ``type:`` names
+    (:func:`weakalign.methods.method_for_spec`; no type = a CNNGeometric / WeakAlign checkpoint
+    or ``affine`` + ``tps`` stages). Raises FileNotFoundError naming a missing file."""
+    from ..methods import method_for_spec
 
-    ``{type: ncnet, checkpoint: ...}`` loads an NCNet (suite checkpoint or released
-    ``.pth.tar``) with :func:`weakalign.ncnet.load_ncnet_checkpoint`."""
-    from ..models import TwoStageCNNGeometric, load_checkpoint
-
-    if spec.get("type") == "identity":
-        return None
-    if is_ncnet_spec(spec):
-        from ..ncnet import load_ncnet_checkpoint
-
-        path = root / spec["checkpoint"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found")
-        return load_ncnet_checkpoint(path)[0]
-    if "checkpoint" in spec:
-        return load_checkpoint(root / spec["checkpoint"])[0]
-    if "affine" in spec and "tps" in spec:
-        aff, _ = load_checkpoint(root / spec["affine"])
-        tps, _ = load_checkpoint(root / spec["tps"])
-        return TwoStageCNNGeometric.from_stages(aff, tps).eval()
-    raise ValueError(f"model spec {spec} needs type: identity, checkpoint, or affine + tps")
+    return method_for_spec(spec).load(spec, root)
 
 
 def subset(dataset, max_pairs: int):
@@ -211,7 +194,6 @@ def _predict(args) -> int:
     from ..data.paths import project_root
     from ..data.registry import DatasetNotAvailable, benchmark_spec, get_dataset
     from ..info import environment
-    from .predict import predict_pairs
 
     from ..devices import resolve_device, set_backbone_amp
 
@@ -226,6 +208,7 @@ def _predict(args) -> int:
     from ..data.atomic import check_dir_writable
 
     check_dir_writable(out_dir)  # fail before the predictions are computed, not after
+    methods = check_methods(model_specs(cfg, root), args.params)
     for bench in cfg["benchmarks"]:
         try:
             ds = subset(get_dataset(bench, root=root / "data"), cfg["max_pairs"])
@@ -240,11 +223,12 @@ def _predict(args) -> int:
             status[bench]["pairs_total"] = ds.pairs_total
             print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
         for name, spec in model_specs(cfg, root).items():
-            if is_ncnet_spec(spec) and benchmark_spec(bench).kind == "dense":
-                status[bench]["models"][name] = {"available": False, "reason": NCNET_DENSE_REASON}
+            method = methods[name]
+            if not method.parametric and benchmark_spec(bench).kind == "dense":
+                status[bench]["models"][name] = {"available": False, "reason": method.dense_reason}
                 continue
             try:
-                model = load_model(spec, root)
+                model = method.load(spec, root)
             except FileNotFoundError as exc:
                 if spec.get("optional"):
                     status[bench]["models"][name] = {"available": False, "reason": str(exc)}
@@ -254,13 +238,8 @@ def _predict(args) -> int:
 
                 raise UserError(f"model {name!r}: {exc}. Train it first (dvc repro) or mark it optional in params.yaml") from exc
             set_backbone_amp(model, cfg["amp"])
-            run = {"batch_size": cfg["batch_size"], "device": device, "progress": not args.quiet, "num_workers": cfg["num_workers"]}
-            if is_ncnet_spec(spec):
-                from ..ncnet import predict_pairs_ncnet
-
-                pred = predict_pairs_ncnet(model, ds, **run)
-            else:
-                pred = predict_pairs(model, ds, **run)
+            pred = method.predict(model, ds, batch_size=cfg["batch_size"], device=device, progress=not args.quiet,
+                                  num_workers=cfg["num_workers"])
             pred["model"] = name
             pred["model_spec"] = {k: str(v) for k, v in spec.items()}
             path = out_dir / bench / f"{_safe_name(name)}.pt"
@@ -274,6 +253,22 @@ def _predict(args) -> int:
     write_json(out_dir / "status.json", status)
     print(f"evaluate predict: {n_done} prediction files, {time.time() - t0:.0f}s -> {out_dir.relative_to(root)}")
     return 0
+
+
+def check_methods(specs: dict, params_path=None) -> dict:
+    """The method of every model spec (name -> :class:`weakalign.methods.Method`), checked before
+    any model runs: an unknown ``type:`` is a one-line UserError naming the model and the file."""
+    from weakalign.cli import UserError
+
+    from ..methods import UnknownMethod, method_for_spec
+
+    out = {}
+    for name, spec in specs.items():
+        try:
+            out[name] = method_for_spec(spec)
+        except UnknownMethod as exc:
+            raise UserError(f"{params_path or 'params.yaml'}: evaluate.models.{name}: {exc}") from None
+    return out
 
 
 def check_protocols(cfg: dict, params_path=None) -> None:
