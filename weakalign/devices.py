@@ -100,20 +100,17 @@ def set_backbone_amp(model, mode: str):
     """Run every backbone of ``model`` (each
     :class:`~weakalign.models.cnngeometric.FeatureExtraction` in it) under autocast with
     ``mode``; ``none`` switches it off. Returns ``model``. The setting is a plain attribute, not
-    part of the weights or checkpoints."""
-    from .models.cnngeometric import FeatureExtraction
-
+    part of the weights or checkpoints. Backbone modules are recognised by their class attribute
+    ``AMP_CAPABLE`` (not by importing weakalign.models: this module stays light)."""
     amp_dtype(mode)
-    if model is not None:
+    if isinstance(model, torch.nn.Module):  # None (identity) or a method's non-module model: nothing to switch
         for m in model.modules():
-            if isinstance(m, FeatureExtraction):
+            if getattr(type(m), "AMP_CAPABLE", False):
                 m.amp = mode
     return model
 
 
 def backbone_amp(model) -> str:
     """The ``amp`` mode of ``model``'s backbones (``none`` when unset or mixed)."""
-    from .models.cnngeometric import FeatureExtraction
-
-    modes = {getattr(m, "amp", "none") for m in model.modules() if isinstance(m, FeatureExtraction)} if model is not None else set()
+    modes = {getattr(m, "amp", "none") for m in model.modules() if getattr(type(m), "AMP_CAPABLE", False)} if isinstance(model, torch.nn.Module) else set()
     return modes.pop() if len(modes) == 1 else "none"

@@ -70,6 +70,10 @@ class FeatureExtraction(nn.Module):
     and its output is cast back to float32 before the L2 normalisation; ``none`` runs exactly
     the float32 code."""
 
+    #: marks the modules :func:`weakalign.devices.set_backbone_amp` switches (no import of this
+    #: module there: the data stages import weakalign.devices through the params checks)
+    AMP_CAPABLE = True
+
     def __init__(self, backbone: nn.Module, l2norm: bool = True):
         super().__init__()
         self.backbone = backbone
