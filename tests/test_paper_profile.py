@@ -132,7 +132,7 @@ def test_paper_profile_miniature(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(proj)
     from weakalign.models import backbones
 
-    monkeypatch.setattr(backbones, "_check_torchvision_hash", lambda path: None)
+    monkeypatch.setattr(backbones, "_check_torchvision_hash", lambda path, url=None: None)
 
     from weakalign.cli import main
 

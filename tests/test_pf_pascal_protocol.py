@@ -137,7 +137,8 @@ class IdentityNCNet(nn.Module):
         super().__init__()
         self.cells = cells
         self.config = type("Config", (), {"image_size": (20, 20)})()
-        self.feature_extraction = type("FE", (), {"backbone": nn.AdaptiveAvgPool2d(cells), "normalize": staticmethod(lambda x: x), "l2norm": False})()
+        self.feature_extraction = type("FE", (), {"backbone": nn.AdaptiveAvgPool2d(cells), "normalize": staticmethod(lambda x: x), "l2norm": False,
+                                                         "run_backbone": lambda self, x, backbone=None: (backbone or self.backbone)(x)})()
 
     def forward_features(self, fa, fb):
         n = self.cells * self.cells
