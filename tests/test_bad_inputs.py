@@ -311,3 +311,17 @@ def test_unknown_backbone_is_a_one_line_cli_error():
         build_backbone("nope", weights="random")
     assert isinstance(err.value, expected_errors())
     assert isinstance(err.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_bootstrap_resamples_below_100_refused_when_params_are_read(tmp_path):
+    """The interval needs >= 100 resamples; refused as one line when the evaluate block is read
+    (before `evaluate predict` runs), not as a traceback in `evaluate metrics`."""
+    import pytest as _pytest
+
+    from weakalign.evaluation.commands import load_block
+
+    p = tmp_path / "params.yaml"
+    p.write_text("evaluate:\n  bootstrap: {resamples: 50}\n")
+    with _pytest.raises(Exception, match=r"bootstrap\.resamples must be >= 100, got 50") as exc:
+        load_block(p)
+    assert "\n" not in str(exc.value)

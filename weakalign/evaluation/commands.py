@@ -107,8 +107,8 @@ def _validate(block: str, cfg: dict) -> None:
     if any(isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0 for a in cfg["alphas_curve"]):
         raise user_error(f"{block}.alphas_curve must be a list of numbers > 0, got {cfg['alphas_curve']!r}")
     b = cfg["bootstrap"]
-    if b["resamples"] < 1:
-        raise user_error(f"{block}.bootstrap.resamples must be >= 1, got {b['resamples']!r}")
+    if b["resamples"] < 100:  # the interval needs them (weakalign.evaluation.stats.BootstrapConfig): refused here, before predict runs
+        raise user_error(f"{block}.bootstrap.resamples must be >= 100, got {b['resamples']!r}")
     if not 0 < b["confidence"] < 1:
         raise user_error(f"{block}.bootstrap.confidence must be between 0 and 1 (e.g. 0.95), got {b['confidence']!r}")
     if b["method"] not in ("bca", "percentile"):
