@@ -183,15 +183,25 @@ def _predict_identity(model, dataset, *, batch_size: int = 16, device="cpu", pro
 
 
 def _load_cnngeometric(spec: dict, root: Path):
+    """A checkpoint, or ``affine`` + ``tps`` one-stage checkpoints assembled into the two-stage
+    model; ``affine_refinements: N`` (two-stage models only, not the paper's model) runs the
+    affine stage N more times at test time (:class:`weakalign.models.TwoStageCNNGeometric`)."""
     from .models import TwoStageCNNGeometric, load_checkpoint
 
     if "checkpoint" in spec:
-        return load_checkpoint(root / spec["checkpoint"])[0]
-    if "affine" in spec and "tps" in spec:
+        model = load_checkpoint(root / spec["checkpoint"])[0]
+    elif "affine" in spec and "tps" in spec:
         aff, _ = load_checkpoint(root / spec["affine"])
         tps, _ = load_checkpoint(root / spec["tps"])
-        return TwoStageCNNGeometric.from_stages(aff, tps).eval()
-    raise ValueError(f"model spec {spec} needs type: identity, checkpoint, or affine + tps")
+        model = TwoStageCNNGeometric.from_stages(aff, tps).eval()
+    else:
+        raise ValueError(f"model spec {spec} needs type: identity, checkpoint, or affine + tps")
+    refinements = int(spec.get("affine_refinements", 0))
+    if refinements:
+        if not isinstance(model, TwoStageCNNGeometric):
+            raise ValueError(f"affine_refinements needs a two-stage (affine+TPS) model; {spec} is {model.geometric_model}")
+        model.affine_refinements = refinements
+    return model
 
 
 def _predict_cnngeometric(model, dataset, *, batch_size: int = 16, device="cpu", progress: bool = True, **kw) -> dict:

@@ -64,6 +64,8 @@ DEFAULTS = {
         "weak, mask tolerance 1": {"checkpoint": "models/ablations/tolerance_1.pt"},
         "weak, mask tolerance 2": {"checkpoint": "models/ablations/tolerance_2.pt"},
         "ncnet": {"type": "ncnet", "checkpoint": "models/ncnet.pt"},
+        # not the paper's model: one more affine pass at test time (TwoStageCNNGeometric.affine_refinements)
+        "weak + test-time affine refinement (not in paper)": {"checkpoint": "models/weak_affine_tps.pt", "affine_refinements": 1},
     },
     "reference_checkpoints_dir": "models/reference",
     "max_pairs": 0,
@@ -102,6 +104,14 @@ def _validate(block: str, cfg: dict) -> None:
         raise user_error(f"{block}.benchmarks must be a list of benchmark names, got {cfg['benchmarks']!r}")
     if not isinstance(cfg["models"], dict) or not all(isinstance(v, dict) for v in cfg["models"].values()):
         raise user_error(f"{block}.models must map model names to specs ({{checkpoint: path}}, ...), got {cfg['models']!r}")
+    for name, spec in cfg["models"].items():
+        if "affine_refinements" in spec:
+            r = spec["affine_refinements"]
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+                raise user_error(f"{block}.models.{name}.affine_refinements must be an integer >= 0, got {r!r}")
+            if spec.get("type", "cnngeometric") != "cnngeometric":
+                raise user_error(f"{block}.models.{name}.affine_refinements applies to two-stage CNNGeometric / WeakAlign models only, "
+                                 f"not type {spec['type']!r}")
     if not isinstance(cfg["protocols"], dict):
         raise user_error(f"{block}.protocols must map benchmark names to lists of protocol names, got {cfg['protocols']!r}")
     if any(isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0 for a in cfg["alphas_curve"]):

@@ -198,6 +198,8 @@ COMPARISONS = (
     Comparison("tolerance_0-2", "tolerance 0 - 2", "weak_affine_tps", "weak, mask tolerance 2"),
     Comparison("tolerance_1-2", "tolerance 1 - 2", "weak, mask tolerance 1", "weak, mask tolerance 2"),
     Comparison("ncnet-weakalign", "NCNet - WeakAlign", "ncnet", "weak_affine_tps", kinds=(("ncnet", "affine_tps"),)),
+    Comparison("refined-weakalign", "test-time affine refinement - WeakAlign", "weak + test-time affine refinement (not in paper)",
+               "weak_affine_tps"),
 )
 
 

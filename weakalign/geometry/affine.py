@@ -40,6 +40,18 @@ def affine_points(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return torch.baddbmm(m[:, :, 2:], m[:, :, :2], points)
 
 
+def affine_compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The affine ``outer ∘ inner`` (``B x 6``): a target point goes through ``inner`` first, then
+    ``outer``. For an estimate ``outer`` (target -> source) refined by ``inner`` estimated between
+    the target and the source warped by ``outer`` (target -> warped source), the result maps
+    target to source directly: ``affine_points(affine_compose(o, i), p) ==
+    affine_points(o, affine_points(i, p))``."""
+    mo, mi = _as_matrix(outer), _as_matrix(inner)
+    lin = torch.bmm(mo[:, :, :2], mi[:, :, :2])
+    trans = torch.baddbmm(mo[:, :, 2:], mo[:, :, :2], mi[:, :, 2:])
+    return torch.cat([lin, trans], dim=2).reshape(-1, 6)
+
+
 def affine_grid(theta: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     """Sampling grid ``B x H x W x 2`` for an ``out_h x out_w`` target (``align_corners=True``)."""
     m = _as_matrix(theta)

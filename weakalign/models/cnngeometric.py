@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..geometry import affine_grid, warp_image
+from ..geometry import affine_compose, affine_grid, warp_image
 from .backbones import build_backbone
 from .correlation import FeatureCorrelation, feature_l2norm
 from .regression import FeatureRegression
@@ -169,9 +169,17 @@ class TwoStageOutput(NamedTuple):
 
 
 class TwoStageCNNGeometric(_Base):
-    """Affine stage, then a TPS stage on the affine-warped source (WeakAlign's model)."""
+    """Affine stage, then a TPS stage on the affine-warped source (WeakAlign's model).
+
+    ``affine_refinements`` (default 0, the paper's model): an evaluation-time option of this
+    project, not in the paper or the reference code. Each refinement warps the source with the
+    current affine estimate, runs the affine stage again between the warped source and the target
+    and composes the two (:func:`weakalign.geometry.affine_compose`); the TPS stage then works on
+    the source warped by the refined affine. It is not a model weight and is not saved in
+    checkpoints: the evaluation sets it from a model spec (``affine_refinements: N``)."""
 
     geometric_model = "affine_tps"
+    affine_refinements: int = 0
 
     def __init__(self, config: ModelConfig | None = None, backbone_weights: str = "imagenet", backbone: nn.Module | None = None):
         super().__init__(config or ModelConfig(), backbone_weights, backbone)
@@ -194,8 +202,13 @@ class TwoStageCNNGeometric(_Base):
             f_tgt = self.feature_extraction(self.feature_extraction.normalize(target))
         corr1 = self.correlation(f_src, f_tgt)
         theta1 = self.regression(corr1)
-        warp_theta = theta1 if theta_aff is None else theta_aff
         h, w = src_n.shape[-2:]
+        if theta_aff is None:
+            for _ in range(int(self.affine_refinements)):
+                src_ref = warp_image(src_n, affine_grid(theta1, h, w))
+                delta = self.regression(self.correlation((stage2_features or self.feature_extraction)(src_ref), f_tgt))
+                theta1 = affine_compose(theta1, delta)
+        warp_theta = theta1 if theta_aff is None else theta_aff
         src_wrp = warp_image(src_n, affine_grid(warp_theta, h, w))
         corr2 = self.correlation((stage2_features or self.feature_extraction)(src_wrp), f_tgt)
         theta2 = self.regression2(corr2)
