@@ -179,6 +179,8 @@ def _toy_stage():
     """A third method's training stage, as a user would declare it: a tiny :class:`Task` (fit
     ``y = 2x`` with one weight) driven by the shared ``engine.fit``, writing its metrics record
     under ``--out`` (its own option); no command-line code."""
+    from pathlib import Path
+
     from torch import nn
 
     from weakalign.training import engine
@@ -226,8 +228,7 @@ def _toy_stage():
         return metrics
 
     return registry.TrainingStage("train_toy", run, help="fit the toy weight",
-                                  options=(registry.option("--out", type=__import__("pathlib").Path, required=True,
-                                                           help="output folder"),))
+                                  options=(registry.option("--out", type=Path, required=True, help="output folder"),))
 
 
 def test_a_third_method_trains_through_weakalign_train(tmp_path, capsys):
