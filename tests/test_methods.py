@@ -1,5 +1,6 @@
-"""One method interface (weakalign.methods): evaluation, the methods table and released-file
-recognition go through the registry, so a third method is one module that registers itself."""
+"""One method interface (weakalign.methods): evaluation, training (`weakalign train <block>`), the
+methods table and released-file recognition go through the registry, so a third method is one
+module that registers itself."""
 
 import json
 
@@ -151,19 +152,169 @@ def test_entry_point_plugins_register_once(monkeypatch):
 
 
 def test_declared_training_stages_exist_as_commands_and_params_blocks(capsys):
-    """Every TrainingStage a method declares names a real `weakalign` sub-command and a params
-    block the resolver knows; `weakalign methods` lists them."""
+    """Every TrainingStage a method declares can run (its callable), reads a params block the
+    resolver knows, and its older command name (if any) is a real `weakalign` sub-command;
+    `weakalign methods` lists them."""
     import argparse
 
     from weakalign import config
     from weakalign.cli import build_parser, main
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "train" in sub.choices
     for m in registry.methods().values():
         for stage in m.training:
-            assert stage.command in sub.choices, (m.name, stage.command)
+            assert callable(stage.run), (m.name, stage.block)
+            assert not stage.command or stage.command in sub.choices, (m.name, stage.command)
             assert stage.block in config.BLOCK_MODULES, (m.name, stage.block)
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "ncnet: NCNet; training: train_ncnet -> weakalign train-ncnet; keypoint benchmarks only" in out
     assert "cnngeometric: CNNGeometric / WeakAlign; training: train_strong -> weakalign train-strong, train_weak" in out
+
+
+# --- training goes through the registry too -----------------------------------------------------
+
+def _toy_stage():
+    """A third method's training stage, as a user would declare it: a tiny :class:`Task` (fit
+    ``y = 2x`` with one weight) driven by the shared ``engine.fit``, writing its metrics record
+    under ``--out`` (its own option); no command-line code."""
+    from pathlib import Path
+
+    from torch import nn
+
+    from weakalign.training import engine
+
+    class Toy(nn.Linear):
+        # what engine.fit's checkpoints store besides the weights (weakalign.models.checkpoints)
+        geometric_model = "toy"
+        config = type("Config", (), {"to_dict": lambda self: {}})()
+
+        def __init__(self):
+            super().__init__(1, 1, bias=False)
+            nn.init.zeros_(self.weight)  # loss 4 mean(x^2) before training
+
+    class Step(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return ((self.model(x) - 2 * x) ** 2).mean()
+
+    class ToyTask(engine.Task):
+        def __init__(self):
+            self.model = Toy()
+            self.step_module = Step(self.model)
+            self.train_dataset = torch.linspace(-1, 1, 8).unsqueeze(1)
+
+        def validate(self):
+            with torch.no_grad():
+                return {"value": float(self.step_module(self.train_dataset))}
+
+    def run(args) -> dict:
+        from weakalign.training.commands import fit_options
+
+        out = args.out
+        task = ToyTask()
+        before = task.validate()["value"]
+        cfg = engine.FitConfig(seed=0, batch_size=4, schedule=[{"epochs": 2, "lr": 0.1}], weight_decay=0.0, num_workers=0,
+                               checkpoint_every=1, state_path=out / "state.pt", fingerprint="toy", meta={"stage": "train_toy"},
+                               desc="train_toy", **fit_options(args))
+        state = engine.fit(task, cfg, engine.DistContext())
+        metrics = {"stage": "train_toy", "steps": state["global_step"], "loss_before": before,
+                   "loss_after": task.validate()["value"], "profile": args.profile}
+        (out / "train_toy.json").write_text(json.dumps(metrics))
+        return metrics
+
+    return registry.TrainingStage("train_toy", run, help="fit the toy weight",
+                                  options=(registry.option("--out", type=Path, required=True, help="output folder"),))
+
+
+def test_a_third_method_trains_through_weakalign_train(tmp_path, capsys):
+    """A stage a registered method declares runs as `weakalign train <block>`, with its own option
+    and the common ones (--max-steps pauses with exit 3, --resume finishes), listed by
+    `weakalign train --help` and `weakalign methods`: the method needs no command module."""
+    from dataclasses import replace
+
+    from weakalign.cli import main
+
+    registry.register(replace(_shift_method(), training=(_toy_stage(),)))
+    try:
+        common = ["--out", str(tmp_path), "--no-progress", "--profile", "toyprof"]
+        assert main(["train", "train_toy", *common, "--max-steps", "1"]) == 3
+        assert "weakalign train: stopped after step 1" in capsys.readouterr().out
+        assert not (tmp_path / "train_toy.json").exists()
+        assert main(["train", "train_toy", *common, "--resume"]) == 0
+        rec = json.loads((tmp_path / "train_toy.json").read_text())
+        assert rec["steps"] == 4 and rec["profile"] == "toyprof" and rec["loss_after"] < rec["loss_before"]
+        with pytest.raises(SystemExit):
+            main(["train", "--help"])
+        out = capsys.readouterr().out
+        assert "train_toy      shift: fit the toy weight" in out and "train_strong   cnngeometric:" in out
+        assert main(["methods"]) == 0
+        assert "shift: shift; training: train_toy -> weakalign train train_toy;" in capsys.readouterr().out
+    finally:
+        registry.unregister("shift")
+
+
+def test_unknown_training_stage_is_one_line_listing_the_declared_ones(capsys):
+    from weakalign.cli import main
+
+    assert main(["train", "train_glue", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("weakalign train: error: unknown training stage 'train_glue'; declared: "
+                          "train_strong (cnngeometric), train_weak (cnngeometric), train_ncnet (ncnet)")
+    assert main(["train"]) == 1
+    assert "no training stage given; declared: train_strong" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, block, extra", [
+    (["train-strong", "--model", "tps"], "train_strong", {"model": "tps"}),
+    (["train-weak", "--variant", "no_mask"], "train_weak", {"variant": "no_mask"}),
+    (["train-ncnet"], "train_ncnet", {}),
+])
+def test_historical_training_commands_run_the_registry_stage(argv, block, extra, tmp_path):
+    """`train-strong` / `train-weak` / `train-ncnet` are aliases of `weakalign train <block>`: the
+    stage the registry holds is called, with the same parsed options either way."""
+    from dataclasses import replace
+
+    from weakalign.cli import main
+
+    method, stage = registry.training_stage(block)
+    calls = []
+
+    def spy(args):
+        calls.append({k: v for k, v in vars(args).items() if k not in ("command", "func", "rest")})
+        return {}
+
+    registry.register(replace(method, training=tuple(replace(t, run=spy) if t is stage else t for t in method.training)),
+                      replace=True)
+    try:
+        common = ["--params", str(tmp_path / "p.yaml"), "--set", "seed=3", "--resume=auto", "--max-steps", "2", "--no-progress"]
+        assert main([*argv, *common]) == 0
+        assert main(["train", block, *argv[1:], *common]) == 0
+    finally:
+        registry.register(method, replace=True)
+    assert registry.training_stage(block)[1] is stage
+    alias, generic = calls
+    expected = {"stage": block, "params": str(tmp_path / "p.yaml"), "profile": None, "set_": ["seed=3"], "resume": "auto",
+                "max_steps": 2, "no_progress": True, "debug": False, "trust_unverified": False, **extra}
+    assert alias == expected and generic == expected
+
+
+def test_block_config_resolves_a_block_other_than_the_cnngeometric_ones(tmp_path):
+    """`block_config` (what a stage's run uses) resolves any registered block as its own
+    resolver does: here train_ncnet, against NCNet's config_from_file."""
+    import argparse
+
+    from weakalign.ncnet.params import config_from_file
+    from weakalign.training.commands import block_config
+
+    p = tmp_path / "params.yaml"
+    p.write_text("train_ncnet: {batch_size: 4}\nprofiles: {default: {train_ncnet: {seed: 2}}}\n")
+    args = argparse.Namespace(params=str(p), profile=None, set_=["data.max_train_pairs=7"])
+    cfg = block_config(args, "train_ncnet")
+    assert cfg == config_from_file(str(p), None, ["data.max_train_pairs=7"])
+    assert (cfg["batch_size"], cfg["seed"], cfg["data"]["max_train_pairs"], cfg["_profile"]) == (4, 2, 7, "default")

@@ -5,16 +5,19 @@ A method is a :class:`Method`. The evaluation (``weakalign evaluate predict``) a
 which method a spec of ``evaluate.models`` belongs to (its ``type:``; a spec without one is a
 CNNGeometric / WeakAlign checkpoint), then calls the method's ``load`` and ``predict``; it never
 names a method itself. The methods table of the reports (``weakalign.reports.methods_frame``,
-notebook 01) lists the :class:`TableRow` s the methods declare. Training: each method names its
-``params.yaml`` training block(s) and the ``weakalign`` sub-command that runs each; every
-training loop is a :class:`weakalign.training.engine.Task` driven by the shared
+notebook 01) lists the :class:`TableRow` s the methods declare. Training: each method declares
+its :class:`TrainingStage` s, one per ``params.yaml`` training block, each with the callable that
+runs it; ``weakalign train BLOCK`` runs any declared stage (:mod:`weakalign.training.commands`;
+``train-strong``, ``train-weak`` and ``train-ncnet`` are the built-ins' historical names for it).
+Every training loop is a :class:`weakalign.training.engine.Task` driven by the shared
 :func:`weakalign.training.engine.fit` (checkpoints, resume, selection, curves).
 
 Built in: ``identity`` (no model), ``cnngeometric`` (CNNGeometric affine / TPS / two-stage,
 WeakAlign: :mod:`weakalign.models`, :mod:`weakalign.training`), ``ncnet``
 (:mod:`weakalign.ncnet`). Adding a third method is one module that builds a :class:`Method` and
-calls :func:`register` (plus its params block and a dvc.yaml stage); an installed package can
-do it through the ``weakalign.methods`` entry-point group (:func:`load_plugins`): ``docs/methods.md``.
+calls :func:`register` (plus its params block and a dvc.yaml stage), with no command-line code of
+its own; an installed package can do it through the ``weakalign.methods`` entry-point group
+(:func:`load_plugins`): ``docs/methods.md``.
 
 Conventions every ``predict`` keeps (they are what the metrics read, from the cache only):
 the prediction dict of :mod:`weakalign.evaluation.predict` -- ``kinds``, ``transferred[kind]``
@@ -36,6 +39,10 @@ class UnknownMethod(ValueError):
     """A ``type:`` in ``evaluate.models`` that no registered method declares."""
 
 
+class UnknownStage(ValueError):
+    """A training stage (params block) that no registered method declares."""
+
+
 @dataclass(frozen=True)
 class TableRow:
     """One row of the methods table: ``label``, the model's name in ``evaluate.models`` /
@@ -49,12 +56,48 @@ class TableRow:
 
 
 @dataclass(frozen=True)
+class StageOption:
+    """An option of one training stage only, as ``argparse`` takes it:
+    ``add_argument(*flags, **kwargs)`` (e.g. ``--model affine|tps``); ``run`` reads its value from
+    ``args.<dest>``. Build it with :func:`option`."""
+
+    flags: tuple[str, ...]
+    kwargs: dict = field(default_factory=dict)
+
+
+def option(*flags: str, **kwargs) -> StageOption:
+    """``option("--model", required=True, choices=["affine", "tps"], help=...)``."""
+    return StageOption(flags, kwargs)
+
+
+@dataclass(frozen=True)
 class TrainingStage:
-    """A training stage of a method: the ``params.yaml`` block it reads and the ``weakalign``
-    sub-command that runs it (registered by the method's command module)."""
+    """A training stage of a method: the ``params.yaml`` block it reads, named ``block``, is also
+    the stage's name (``weakalign train BLOCK``), so it is unique over the registry.
+
+    ``run(args) -> dict`` trains and returns the metrics record (the dict also written to
+    ``reports/metrics/``). ``args`` is the parsed command line (an ``argparse.Namespace``): the
+    options every stage has, ``params``, ``profile``, ``set_`` (list of ``KEY=VALUE``),
+    ``resume`` (``never`` | ``must`` | ``auto``), ``max_steps`` (0 = no limit), ``no_progress``,
+    then one attribute per :class:`StageOption` of ``options``. ``run`` resolves its block itself
+    (:func:`weakalign.training.commands.block_config` does it for a block of
+    :mod:`weakalign.config`) and raises :class:`weakalign.training.engine.Paused` when
+    ``max_steps`` stops it early (the command then exits with status 3); errors the user can fix
+    are :class:`weakalign.cli.UserError`. ``help`` is one line (``weakalign train --help``),
+    ``description`` the stage's help text. ``command``: an older sub-command name that stays an
+    alias of ``weakalign train BLOCK`` (the built-ins' ``train-strong``...; a new stage has none)."""
 
     block: str
-    command: str
+    run: Callable[[Any], dict]
+    help: str = ""
+    description: str = ""
+    options: tuple[StageOption, ...] = ()
+    command: str = ""
+
+    @property
+    def cli(self) -> str:
+        """The command that runs the stage: ``weakalign train-strong`` or ``weakalign train BLOCK``."""
+        return f"weakalign {self.command}" if self.command else f"weakalign train {self.block}"
 
 
 @dataclass(frozen=True)
@@ -159,6 +202,25 @@ def spec_for_released(filename: str) -> dict | None:
     return {}
 
 
+def training_stages() -> dict[str, tuple[Method, TrainingStage]]:
+    """Every declared training stage by its block: ``{block: (method, stage)}``, in registration
+    order."""
+    return {t.block: (m, t) for m in methods().values() for t in m.training}
+
+
+def training_stage(block: str) -> tuple[Method, TrainingStage]:
+    """The method and stage that train ``block``; :class:`UnknownStage` (one line listing the
+    declared stages) if no registered method declares it."""
+    stages = training_stages()
+    try:
+        return stages[block]
+    except KeyError:
+        known = ", ".join(f"{b} ({m.name})" for b, (m, _) in stages.items())
+        what = f"unknown training stage {block!r}" if block else "no training stage given"
+        raise UnknownStage(f"{what}; declared: {known} "
+                           "(a method declares its stages in weakalign.methods.TrainingStage: docs/methods.md)") from None
+
+
 def table_rows() -> list[TableRow]:
     """Rows of the methods table, every registered method's in registration order."""
     return [row for m in methods().values() for row in m.table_rows]
@@ -222,6 +284,22 @@ def _predict_ncnet(model, dataset, *, batch_size: int = 16, device="cpu", progre
     return predict_pairs_ncnet(model, dataset, batch_size=batch_size, device=device, progress=progress, **kw)
 
 
+def _stage_run(module: str, name: str) -> Callable[[Any], dict]:
+    """The ``run`` of a built-in stage: ``module.name(args)``, the module imported when the stage
+    runs, so that importing the registry (evaluation does) brings in no training code, and the
+    evaluation stages of dvc.yaml do not depend on it. ``module`` is the one that registers the
+    stage's older command name, so the import graph of that command (what dvc.yaml's training
+    stages run; ``tests/test_dvc_pipeline.py``) still contains the training code."""
+
+    def run(args) -> dict:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    run.__qualname__ = run.__name__ = f"{module}.{name}"
+    return run
+
+
 #: Why an NCNet row is absent from the dense benchmarks (they warp with a parametric transform).
 NCNET_DENSE_REASON = "NCNet gives sparse matches and no parametric transformation; Caltech-101 and TSS warp with theta"
 
@@ -231,7 +309,19 @@ IDENTITY = register(Method(
 
 CNNGEOMETRIC = register(Method(
     name="cnngeometric", label="CNNGeometric / WeakAlign", load=_load_cnngeometric, predict=_predict_cnngeometric,
-    training=(TrainingStage("train_strong", "train-strong"), TrainingStage("train_weak", "train-weak")),
+    training=(
+        TrainingStage(
+            "train_strong", _stage_run("weakalign.training.commands", "run_strong"), command="train-strong",
+            help="train a CNNGeometric model (affine or TPS) with strong synthetic supervision",
+            description="Strong supervision on synthetic pairs (CNNGeometric). Reads the train_strong block of params.yaml. See docs/training.md.",
+            options=(option("--model", required=True, choices=["affine", "tps"], help="geometric model to train"),)),
+        TrainingStage(
+            "train_weak", _stage_run("weakalign.training.commands", "run_weak"), command="train-weak",
+            help="weakly-supervised fine-tuning of the two-stage model (soft-inlier loss)",
+            description="WeakAlign fine-tuning from the strong affine and TPS checkpoints. Reads the train_weak block of params.yaml. See docs/training.md.",
+            options=(option("--variant", default=None,
+                            help="a named parameter set of train_weak.variants (ablations, e.g. no_mask); default: the main model"),)),
+    ),
     table_rows=(
         TableRow("CNNGeometric (strong supervision)", "strong_affine_tps", "affine_tps", ("train_strong_affine", "train_strong_tps")),
         TableRow("WeakAlign (strong, then weak fine-tuning)", "weak_affine_tps", "affine_tps",
@@ -241,7 +331,12 @@ CNNGEOMETRIC = register(Method(
 
 NCNET = register(Method(
     name="ncnet", label="NCNet", load=_load_ncnet, predict=_predict_ncnet, parametric=False, dense_reason=NCNET_DENSE_REASON,
-    training=(TrainingStage("train_ncnet", "train-ncnet"),),
+    training=(TrainingStage(
+        "train_ncnet", _stage_run("weakalign.ncnet.commands", "run_ncnet"), command="train-ncnet",
+        help="train NCNet (neighbourhood consensus) with its weak matching loss",
+        description="Neighbourhood Consensus Networks (Rocco et al., NeurIPS 2018): weakly-supervised training "
+                    "of the consensus network on matching pairs. Reads the train_ncnet block of params.yaml. "
+                    "See docs/ncnet.md."),),
     table_rows=(TableRow("NCNet (weak supervision)", "ncnet", "ncnet", ("train_ncnet",)),),
     released_prefixes=("ncnet",),  # ncnet_pfpascal.pth.tar, ncnet_ivd.pth.tar
     docs="docs/ncnet.md"))

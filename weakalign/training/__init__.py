@@ -9,7 +9,7 @@ Modules (nothing heavy is imported by this package itself):
 - :mod:`.engine`    the resumable training loop, checkpoints, seeding, DDP
 - :mod:`.strong`    :func:`~.strong.train_strong`
 - :mod:`.weak`      :func:`~.weak.train_weak`
-- :mod:`.commands`  ``weakalign train-strong`` / ``weakalign train-weak``
+- :mod:`.commands`  ``weakalign train STAGE`` (any declared stage), ``train-strong`` / ``train-weak``
 
 See ``docs/training.md``.
 """
