@@ -40,6 +40,17 @@ def test_model_names_come_from_evaluate_models():
                      "tolerance_1": "weak, mask tolerance 1", "tolerance_2": "weak, mask tolerance 2"}
 
 
+def test_model_names_skip_entries_with_evaluation_options():
+    """The refinement row runs the main checkpoint with affine_refinements: it is not the main
+    run, whatever the order of evaluate.models (yaml.safe_dump sorts it before weak_affine_tps)."""
+    from weakalign.training.params import read_params_file, resolve
+
+    doc, _ = read_params_file(ROOT / "params.yaml")
+    models = {"weak + refined": {"checkpoint": "models/weak_affine_tps.pt", "affine_refinements": 1},
+              **doc["evaluate"]["models"]}
+    assert seeds.model_names(models, resolve("train_weak", doc))["default"] == "weak_affine_tps"
+
+
 def test_not_part_of_dvc_repro():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for st in stages.values():

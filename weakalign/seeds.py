@@ -110,10 +110,14 @@ def model_names(eval_models: dict, weak_cfg: dict) -> dict:
     """variant -> model name, derived from ``evaluate.models``: the entry whose checkpoint is the
     main weak run (``train_weak.outputs.checkpoint``) is ``default``; one whose checkpoint is a
     variant's (``train_weak.variant_outputs.checkpoint``) is that variant. Variants without an
-    entry are named ``weak, <variant>``."""
+    entry are named ``weak, <variant>``. Only plain ``{checkpoint: ...}`` entries count: an entry
+    that runs the same checkpoint with evaluation options (``affine_refinements``) is another row
+    of the tables, not the run itself."""
     out = {}
     main = str(weak_cfg["outputs"]["checkpoint"])
     for name, spec in eval_models.items():
+        if set(spec or {}) - {"checkpoint"}:
+            continue
         ck = str((spec or {}).get("checkpoint", ""))
         if ck == main:
             out.setdefault("default", name)
