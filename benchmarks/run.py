@@ -459,7 +459,7 @@ def main(argv=None) -> int:
     ap.add_argument("--with-compile", action="store_true", help="--variants: also torch.compile (slow to compile)")
     args = ap.parse_args(argv)
 
-    from weakalign.data.atomic import write_json, write_text
+    from weakalign.atomic import write_json, write_text
 
     if args.variants:
         v = backbone_variants(args.variants, "imagenet" if args.variants.startswith("efficientnet") else "random",

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from weakalign.data.atomic import write_json, write_text
+    from weakalign.atomic import write_json, write_text
     from weakalign.parity import harness
     from weakalign.parity.checkout import open_checkout
     from weakalign.parity.commands import _conditions, _pf_willow_dir

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from weakalign.cli import main
-from weakalign.data.atomic import OutputNotWritableError, atomic_open, write_json
+from weakalign.atomic import OutputNotWritableError, atomic_open, write_json
 from weakalign.data.csvio import (
     PF_PASCAL_COLUMNS,
     PF_WILLOW_HEADER,

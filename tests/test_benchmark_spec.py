@@ -46,12 +46,13 @@ def test_protocol_selection_keeps_default_and_refuses_unknown_names():
         protocols_for("pf-willow", ["image_224"])
     from weakalign.cli import UserError
 
-    cfg = {"benchmarks": ["pf-willow"], "protocols": {"pf-willow": ["per_keypoint"]}}
-    check_protocols(cfg)
+    from weakalign.evaluation.commands import EvaluateParams
+
+    check_protocols(EvaluateParams(benchmarks=("pf-willow",), protocols={"pf-willow": ["per_keypoint"]}))
     with pytest.raises(UserError, match="params.yaml: evaluate: .*'tss' is scored densely"):
-        check_protocols({"benchmarks": ["tss"], "protocols": {"tss": ["default"]}})
+        check_protocols(EvaluateParams(benchmarks=("tss",), protocols={"tss": ["default"]}))
     with pytest.raises(UserError, match="unknown benchmark 'spair'"):
-        check_protocols({"benchmarks": ["spair"], "protocols": {}})
+        check_protocols(EvaluateParams(benchmarks=("spair",), protocols={}))
 
 
 def test_every_benchmark_has_an_audit_role_and_a_collector():

@@ -110,9 +110,9 @@ def test_every_block_checks_device_and_amp_when_resolved(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text("train_weak: {amp: fp16, train_parts: regressors, stage2_backbone_grad: false}\n"
                   "train_strong: {amp: fp16}\ntrain_ncnet: {amp: bf16, fe_finetune: 2}\n")
-    assert load_block("train_weak", ok)["amp"] == "fp16"
-    assert load_block("train_strong", ok)["amp"] == "fp16"
-    assert load_block("train_ncnet", ok)["amp"] == "bf16"
+    assert load_block("train_weak", ok).amp == "fp16"
+    assert load_block("train_strong", ok).amp == "fp16"
+    assert load_block("train_ncnet", ok).amp == "bf16"
 
 
 def test_evaluation_defaults_to_auto_and_the_project_params_say_so():
@@ -121,7 +121,7 @@ def test_evaluation_defaults_to_auto_and_the_project_params_say_so():
 
     assert DEFAULTS["device"] == "auto" and DEFAULTS["amp"] == "none"
     cfg = load_block("evaluate")
-    assert cfg["device"] == "auto" and cfg["amp"] == "none"
+    assert cfg.device == "auto" and cfg.amp == "none"
 
 
 def test_amp_none_keeps_the_resume_fingerprint_of_runs_before_the_option():
@@ -261,7 +261,7 @@ def test_dvc_style_exponent_floats_are_numbers(tmp_path):
     p.write_text("train_weak:\n  schedule: [{epochs: 15, lr: 5e-08}]\n  weight_decay: 1e-4\n")
     doc, path = read_params_file(p)
     cfg = resolve("train_weak", doc, str(path))
-    assert cfg["schedule"][0]["lr"] == 5e-08 and cfg["weight_decay"] == 1e-4
+    assert cfg.schedule[0].lr == 5e-08 and cfg.weight_decay == 1e-4
     assert parse_set(["schedule=[{epochs: 1, lr: 5e-8}]"])["schedule"][0]["lr"] == 5e-08
     q = tmp_path / "quoted.yaml"
     q.write_text("train_weak:\n  weight_decay: '1e-4'\n")

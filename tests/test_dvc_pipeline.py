@@ -209,14 +209,14 @@ def test_model_paths_agree_with_params_and_the_training_outputs():
         body = raw[stage].get("do", raw[stage])
         return [o if isinstance(o, str) else next(iter(o)) for o in body["outs"]]
 
-    strong = resolve("train_strong", doc)["outputs"]["checkpoint"]
+    strong = resolve("train_strong", doc).outputs.checkpoint
     for item in raw["train_strong"]["foreach"]:
         assert strong.format(model=item) in [o.replace("${item}", item) for o in outs("train_strong")]
     weak = resolve("train_weak", doc)
-    assert weak["outputs"]["checkpoint"] in outs("train_weak")
+    assert weak.outputs.checkpoint in outs("train_weak")
     for item in raw["train_weak_ablation"]["foreach"]:
-        assert weak["variant_outputs"]["checkpoint"].format(variant=item) in [o.replace("${item}", item) for o in outs("train_weak_ablation")]
-    assert config_from_file(str(ROOT / "params.yaml"))["outputs"]["checkpoint"] in outs("train_ncnet")
+        assert weak.variant_outputs.checkpoint.format(variant=item) in [o.replace("${item}", item) for o in outs("train_weak_ablation")]
+    assert config_from_file(str(ROOT / "params.yaml")).outputs.checkpoint in outs("train_ncnet")
     # every checkpoint the evaluation reads is a dependency (resolved through DVC's templating)
     deps = set()
     for d in raw["evaluate_predict"]["deps"]:

@@ -117,9 +117,9 @@ def test_profile_overrides_evaluate_block_and_subset_is_even(tmp_path, tiny_calt
     p = tmp_path / "params.yaml"
     p.write_text("profile: smoke\nevaluate:\n  batch_size: 4\nprofiles:\n  smoke:\n    evaluate: {max_pairs: 2}\n")
     cfg = load_block(p)
-    assert cfg["max_pairs"] == 2 and cfg["batch_size"] == 4
+    assert cfg.max_pairs == 2 and cfg.batch_size == 4
     p.write_text("profile: default\nevaluate:\n  batch_size: 4\nprofiles:\n  smoke:\n    evaluate: {max_pairs: 2}\n")
-    assert load_block(p)["max_pairs"] == 0
+    assert load_block(p).max_pairs == 0
     sub = subset(tiny_caltech, 2)
     assert [r.line for r in sub.records] == [tiny_caltech.records[0].line, tiny_caltech.records[2].line]
     assert sub.pairs_total == 3 and len(tiny_caltech.records) == 3  # the original is untouched
@@ -148,7 +148,7 @@ def test_ncnet_through_evaluate_predict_and_metrics(tmp_path, monkeypatch, tiny_
     # a released NCNet file dropped into models/reference is recognised as NCNet, not CNNGeometric
     (tmp_path / "models" / "reference").mkdir(parents=True)
     (tmp_path / "models" / "reference" / "ncnet_pfpascal.pth.tar").write_bytes(b"")
-    specs = commands.model_specs({**commands.DEFAULTS}, tmp_path)
+    specs = commands.model_specs(commands.EvaluateParams(), tmp_path)
     assert specs["released:ncnet_pfpascal"]["type"] == "ncnet" and specs["released:ncnet_pfpascal"]["optional"]
     (tmp_path / "models" / "reference" / "ncnet_pfpascal.pth.tar").unlink()
     with pytest.raises(FileNotFoundError, match="absent.pt"):

@@ -317,4 +317,4 @@ def test_block_config_resolves_a_block_other_than_the_cnngeometric_ones(tmp_path
     args = argparse.Namespace(params=str(p), profile=None, set_=["data.max_train_pairs=7"])
     cfg = block_config(args, "train_ncnet")
     assert cfg == config_from_file(str(p), None, ["data.max_train_pairs=7"])
-    assert (cfg["batch_size"], cfg["seed"], cfg["data"]["max_train_pairs"], cfg["_profile"]) == (4, 2, 7, "default")
+    assert (cfg.batch_size, cfg.seed, cfg.data.max_train_pairs, cfg.profile) == (4, 2, 7, "default")

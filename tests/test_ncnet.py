@@ -483,9 +483,9 @@ def test_params_validation_and_documented_block():
     profiles = next(b for b in blocks if isinstance(b, dict) and "profiles" in b)
     doc = {**params, **profiles}
     default = resolve_ncnet(doc)
-    assert default["model"]["image_size"] == [240, 240] and default["_profile"] == "default"
+    assert default.model.image_size == (240, 240) and default.profile == "default"
     paper = resolve_ncnet(doc, profile="paper")
-    assert (paper["model"]["backbone"], paper["model"]["image_size"], paper["model"]["kernel_sizes"], paper["model"]["channels"]) == \
-        ("resnet101", [400, 400], [5, 5, 5], [16, 16, 1])
-    assert paper["schedule"] == [{"epochs": 5, "lr": 5.0e-4}] and paper["batch_size"] == 16
-    assert resolve_ncnet(doc, profile="smoke")["data"]["max_train_pairs"] > 0
+    assert (paper.model.backbone, paper.model.image_size, paper.model.kernel_sizes, paper.model.channels) == \
+        ("resnet101", (400, 400), (5, 5, 5), (16, 16, 1))
+    assert paper.to_dict()["schedule"] == [{"epochs": 5, "lr": 5.0e-4}] and paper.batch_size == 16
+    assert resolve_ncnet(doc, profile="smoke").data.max_train_pairs > 0

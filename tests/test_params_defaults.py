@@ -39,9 +39,15 @@ def test_every_default_agrees_with_params_yaml(block):
 
 
 def test_a_disagreeing_default_is_caught(monkeypatch):
-    import weakalign.ncnet.params as ncp
+    import dataclasses
 
-    monkeypatch.setitem(ncp.NCNET_DEFAULTS["data"], "max_train_pairs", 600)  # the drift of issue 16
+    from weakalign import config
+
+    # the drift of issue 16: the code's default changes, params.yaml still states the old one
+    sch = schema("train_ncnet")
+    drifted = sch.defaults()
+    drifted["data"]["max_train_pairs"] = 600
+    monkeypatch.setitem(config._SCHEMAS, "train_ncnet", dataclasses.replace(sch, defaults=lambda: drifted))
     with pytest.raises(AssertionError, match="max_train_pairs"):
         test_every_default_agrees_with_params_yaml("train_ncnet")
 
@@ -59,7 +65,8 @@ def test_profile_override_of_one_nested_evaluate_key_keeps_the_others(tmp_path):
     p.write_text("profile: small\nevaluate:\n  bootstrap: {resamples: 500, seed: 3}\n"
                  "profiles:\n  small:\n    evaluate: {bootstrap: {resamples: 100}}\n")
     cfg = load_block("evaluate", p)
-    assert cfg["bootstrap"] == {"resamples": 100, "seed": 3, "confidence": 0.95, "method": "bca"}
+    assert cfg.profile == "small"
+    assert cfg.to_dict()["bootstrap"] == {"resamples": 100, "seed": 3, "confidence": 0.95, "method": "bca"}
     # the old shallow merge replaced the whole bootstrap mapping (seed back to 0, keys lost)
 
 
@@ -110,7 +117,7 @@ def test_unknown_block_in_a_profile_and_data_has_no_profiles(tmp_path):
     p.write_text("profiles:\n  smoke:\n    data: {seed: 3}\n")
     with pytest.raises(UserError, match=r"profiles.smoke: unknown block\(s\) 'data'"):
         load_block("data", p)
-    assert "data" not in PROFILED_BLOCKS and not math.isnan(load_block("data", None)["heldout_fraction"])
+    assert "data" not in PROFILED_BLOCKS and not math.isnan(load_block("data", None).heldout_fraction)
 
 
 def test_resolve_block_refuses_non_mapping_profiles_from_the_api():
@@ -119,3 +126,83 @@ def test_resolve_block_refuses_non_mapping_profiles_from_the_api():
 
     with pytest.raises(UserError, match="profiles must map profile names"):
         resolve_block("train_strong", {"profiles": ["smoke"]}, "params.yaml", "smoke")
+
+
+# ------------------------------------------------------------------------------------------
+# Typed blocks (weakalign.config, 6.): one dataclass per block, defaults defined once
+
+
+@pytest.mark.parametrize("block", list(BLOCK_MODULES))
+@pytest.mark.parametrize("profile", ["default", "smoke", "paper"])
+def test_every_block_of_every_profile_round_trips_through_its_dataclass(block, profile):
+    """The dataclass holds exactly the merged dict: same keys, order and values (so fingerprints
+    and the parameters written into metrics do not depend on the form)."""
+    import json
+
+    from weakalign.config import as_dict, typed_block
+
+    doc = yaml.safe_load(PARAMS.read_text())
+    cfg, used = resolve_block(block, doc, str(PARAMS), profile)
+    t = typed_block(block, cfg, profile=used)
+    assert type(t) is schema(block).cls
+    assert json.dumps(as_dict(t)) == json.dumps(cfg)  # order included
+    if block in PROFILED_BLOCKS:
+        assert t.profile == profile
+
+
+def test_typed_blocks_are_frozen_and_nested_sections_are_typed():
+    import dataclasses
+
+    from weakalign.training.params import Phase, RegressorModel, TrainStrong
+
+    t = load_block("train_strong", PARAMS)
+    assert isinstance(t, TrainStrong) and isinstance(t.model, RegressorModel)
+    assert isinstance(t.model.image_size, tuple) and all(isinstance(p, Phase) for p in t.schedule)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.batch_size = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.model.backbone = "resnet101"
+
+
+def test_defaults_are_the_dataclass_fields_and_nowhere_else():
+    """The DEFAULTS dicts are derived from the dataclasses (not a second definition)."""
+    from weakalign.config import defaults_of
+    from weakalign.data.params import DEFAULTS as DATA_DEFAULTS, DataParams
+    from weakalign.evaluation.commands import DEFAULTS as EVAL_DEFAULTS, EvaluateParams
+    from weakalign.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig
+    from weakalign.ncnet.params import NCNET_DEFAULTS, TrainNCNet
+    from weakalign.training.params import STRONG_DEFAULTS, WEAK_DEFAULTS, TrainStrong, TrainWeak
+
+    for d, cls in ((DATA_DEFAULTS, DataParams), (EVAL_DEFAULTS, EvaluateParams), (NCNET_DEFAULTS, TrainNCNet),
+                   (STRONG_DEFAULTS, TrainStrong), (WEAK_DEFAULTS, TrainWeak), (DEFAULT_BOOTSTRAP, BootstrapConfig)):
+        assert d == defaults_of(cls)
+    assert EVAL_DEFAULTS["bootstrap"] == DEFAULT_BOOTSTRAP  # one definition: the evaluate block's field is BootstrapConfig
+    for block in BLOCK_MODULES:
+        assert schema(block).defaults() == defaults_of(schema(block).cls)
+
+
+def test_a_schedule_phase_keeps_restart_from_best_out_of_the_dict_unless_set():
+    from weakalign.config import as_dict, typed
+    from weakalign.training.params import Phase, TrainStrong
+
+    d = TrainStrong().to_dict()
+    assert d["schedule"] == [{"epochs": 3, "lr": 1.0e-3}, {"epochs": 1, "lr": 2.0e-4, "restart_from_best": True}]
+    t = typed(TrainStrong, d)
+    assert t.schedule[0] == Phase(epochs=3, lr=1.0e-3) and t.schedule[1].restart_from_best is True
+    assert as_dict(t) == d
+
+
+def test_dicts_given_to_the_python_entry_points_are_checked_once_and_converted():
+    from weakalign.config import as_block as _as_block
+    from weakalign.training.params import STRONG_DEFAULTS, TrainStrong
+
+    def as_params(block, cfg):
+        return _as_block(block, cfg)
+
+    t = as_params("train_strong", {**STRONG_DEFAULTS, "_profile": "smoke"})
+    assert isinstance(t, TrainStrong) and t.profile == "smoke"
+    assert as_params("train_strong", t) is t
+    with pytest.raises(UserError, match="train_strong.batch_size must be a non-negative integer"):
+        as_params("train_strong", {**STRONG_DEFAULTS, "batch_size": -1})
+    with pytest.raises(TypeError, match="expected TrainStrong or a dict"):
+        as_params("train_strong", ["not", "a", "block"])

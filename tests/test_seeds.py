@@ -21,13 +21,13 @@ def test_training_overrides_are_valid_train_weak_parameters():
         argv = seeds.train_argv(7, variant)
         sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
         cfg = resolve("train_weak", doc, variant=None if variant == "default" else variant, overrides=parse_set(sets))
-        assert cfg["seed"] == 7
-        outs = cfg["outputs"] if variant == "default" else cfg["variant_outputs"]
+        assert cfg.seed == 7
+        outs = (cfg.outputs if variant == "default" else cfg.variant_outputs).to_dict()
         assert outs == {k: v for k, v in seeds.output_paths(7, variant).items()}
         assert all("seed_7" in v for v in outs.values())
         # never the main run's files
         main = resolve("train_weak", doc, variant=None if variant == "default" else variant)
-        main_outs = main["outputs"] if variant == "default" else main["variant_outputs"]
+        main_outs = (main.outputs if variant == "default" else main.variant_outputs).to_dict()
         assert not {v.format(variant=variant) for v in main_outs.values()} & set(outs.values())
 
 

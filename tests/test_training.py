@@ -65,7 +65,8 @@ def _outputs(out: Path, stem: str) -> dict:
     }
 
 
-def strong_cfg(data: Path, out: Path, **over) -> dict:
+def strong_cfg(data_dir: Path, out: Path, **over):
+    data = data_dir
     block = {
         "model": {"backbone": "tiny", "backbone_weights": "random", "image_size": SIZE},
         "data": {
@@ -83,7 +84,7 @@ def strong_cfg(data: Path, out: Path, **over) -> dict:
     return resolve("train_strong", {"train_strong": block}, overrides=over)
 
 
-def weak_cfg(data: Path, out: Path, strong: Path, variant=None, **over) -> dict:
+def weak_cfg(data: Path, out: Path, strong: Path, variant=None, **over):
     block = {
         "init": {"affine": str(strong / "strong_affine.pt"), "tps": str(strong / "strong_tps.pt")},
         "data": {
@@ -285,8 +286,7 @@ def test_stage2_without_backbone_gradient(data, strong_models, tmp_path):
 def test_missing_inputs_name_the_command_that_creates_them(data, tmp_path):
     with pytest.raises(UserError, match="weakalign train-strong --model affine"):
         train_weak(weak_cfg(data, tmp_path, tmp_path / "nowhere"), progress=False, backbone_factory=TinyBackbone)
-    cfg = strong_cfg(data, tmp_path)
-    cfg["data"]["train"] = {"csv": str(tmp_path / "missing.csv")}
+    cfg = strong_cfg(data, tmp_path, **{"data": {"train": {"csv": str(tmp_path / "missing.csv")}}})
     with pytest.raises(UserError, match="weakalign data splits"):
         train_strong(cfg, "affine", progress=False, backbone_factory=TinyBackbone)
 
@@ -370,9 +370,7 @@ def test_bf16_backbone_trains_with_its_own_float32_feature_cache(data, tmp_path)
     one = {"schedule": [{"epochs": 1, "lr": 1e-3}], "cache_dir": str(tmp_path / "cache"), "pairs_per_image": 1}
 
     def cfg(out, **over):
-        c = strong_cfg(data, out, **one, **over)
-        c["data"]["max_train_images"] = 4
-        return c
+        return strong_cfg(data, out, **one, **over, data={"max_train_images": 4})
 
     m32 = train_strong(cfg(tmp_path / "f32"), "affine", progress=False, backbone_factory=TinyBackbone)
     n32 = len(list((tmp_path / "cache").glob("*.pt")))

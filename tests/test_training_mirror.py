@@ -75,6 +75,6 @@ def test_mirror_prob_validation():
         resolve("train_strong", doc)
     with pytest.raises(UserError, match="mirror_prob"):
         resolve("train_strong", {"train_strong": {"mirror_prob": 0.5, "pairs": "random"}})
-    assert resolve("train_strong", {"train_strong": {"mirror_prob": 0.5}})["mirror_prob"] == 0.5
+    assert resolve("train_strong", {"train_strong": {"mirror_prob": 0.5}}).mirror_prob == 0.5
     with pytest.raises(ValueError, match="expected 6"):
         mirror_theta(torch.zeros(7))

@@ -6,7 +6,7 @@ import pytest
 
 from weakalign.cli import UserError
 from weakalign.training import commands
-from weakalign.training.params import STRONG_DEFAULTS, fingerprint, parse_set, resolve, weak_label
+from weakalign.training.params import STRONG_DEFAULTS, Phase, fingerprint, parse_set, resolve, weak_label
 
 
 def test_defaults_are_the_reference_synthetic_ranges():
@@ -23,11 +23,12 @@ def test_profile_overrides_the_block_and_is_recorded():
         "profiles": {"smoke": {"train_strong": {"data": {"max_train_images": 4}}}, "paper": {}},
     }
     cfg = resolve("train_strong", doc)
-    assert cfg["_profile"] == "smoke"
-    assert cfg["batch_size"] == 8 and cfg["data"]["max_train_images"] == 4
-    assert cfg["data"]["max_val_images"] == 0  # untouched default
-    assert resolve("train_strong", doc, profile="default")["data"]["max_train_images"] == 100
-    assert resolve("train_strong", doc, profile="paper")["_profile"] == "paper"
+    assert cfg.profile == "smoke"
+    assert cfg.batch_size == 8 and cfg.data.max_train_images == 4
+    assert cfg.data.max_val_images == 0  # untouched default
+    assert resolve("train_strong", doc, profile="default").data.max_train_images == 100
+    assert resolve("train_strong", doc, profile="paper").profile == "paper"
+    assert "profile" not in cfg.to_dict()  # a fact of the resolution, not a parameter
 
 
 def test_unknown_keys_and_profiles_are_errors():
@@ -43,16 +44,16 @@ def test_unknown_keys_and_profiles_are_errors():
 
 def test_image_lists_may_be_split_names_or_explicit_csv():
     cfg = resolve("train_strong", {"train_strong": {"data": {"train": {"csv": "x.csv", "image_root": "imgs"}}}})
-    assert cfg["data"]["train"] == {"csv": "x.csv", "image_root": "imgs"}
+    assert cfg.data.train == {"csv": "x.csv", "image_root": "imgs"}
 
 
 def test_variants_and_labels():
     cfg = resolve("train_weak", {}, variant="no_mask")
-    assert cfg["_variant"] == "no_mask" and cfg["loss"]["mask"] == "none"
+    assert cfg.variant == "no_mask" and cfg.loss.mask == "none"
     assert weak_label(cfg) == "no inlier mask"
     assert weak_label(resolve("train_weak", {})) == "inlier mask, tolerance 0"
     t2 = resolve("train_weak", {}, variant="tolerance_2")
-    assert t2["loss"]["tolerance"] == 2 and weak_label(t2) == "inlier mask, tolerance 2"
+    assert t2.loss.tolerance == 2 and weak_label(t2) == "inlier mask, tolerance 2"
     doc = {"train_weak": {"variants": {"cross1": {"loss": {"tolerance": 1, "shape": "cross"}}}}}
     assert weak_label(resolve("train_weak", doc, variant="cross1")) == "inlier mask, tolerance 1 (cross)"
     with pytest.raises(UserError, match="unknown train_weak variant"):
@@ -62,7 +63,8 @@ def test_variants_and_labels():
 def test_set_overrides_and_fingerprint():
     over = parse_set(["schedule=[{epochs: 1, lr: 0.1}]", "data.max_train_images=3", "pairs=random"])
     cfg = resolve("train_strong", {}, overrides=over)
-    assert cfg["schedule"] == [{"epochs": 1, "lr": 0.1}] and cfg["data"]["max_train_images"] == 3 and cfg["pairs"] == "random"
+    assert cfg.schedule == (Phase(epochs=1, lr=0.1),) and cfg.data.max_train_images == 3 and cfg.pairs == "random"
+    assert cfg.to_dict()["schedule"] == [{"epochs": 1, "lr": 0.1}]
     base = resolve("train_strong", {})
     # fingerprints ignore what does not change the weights, and see what does
     assert fingerprint(base) == fingerprint(resolve("train_strong", {}, overrides={"num_workers": 3, "checkpoint_every": 7}))

@@ -36,7 +36,7 @@ def _run(args) -> int:
 
     from . import figures
     from .cli import UserError
-    from .data.atomic import atomic_open, check_dir_writable, ensure_dir
+    from .atomic import atomic_open, check_dir_writable, ensure_dir
     from .data.images import (
         CorruptImageError,
         ImageShapeError,

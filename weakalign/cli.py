@@ -44,7 +44,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from PIL import Image
 
     from weakalign.data.archives import ArchiveContentError, UnsafeArchiveError
-    from weakalign.data.atomic import OutputNotWritableError
+    from weakalign.atomic import OutputNotWritableError
     from weakalign.data.csvio import CsvFormatError
     from weakalign.data.download import VerificationError
     from weakalign.data.images import CorruptImageError, ImageShapeError

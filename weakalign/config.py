@@ -22,6 +22,18 @@ Conventions (the same for every block):
 
 Every error is one line naming the file, the key and what to do (:class:`weakalign.cli.UserError`).
 
+6. **Typed blocks.** Each block is a frozen dataclass (:class:`Block` subclasses, one per block,
+   in the module :data:`BLOCK_MODULES` names): its field defaults *are* the defaults (the
+   ``DEFAULTS`` dicts are derived from them with :func:`as_dict`), nested mappings are nested
+   dataclasses, lists are tuples. A block is merged and checked as a dict (rules 2-5, so every
+   error keeps its one-line message), then turned into its dataclass once, at the command's entry
+   point (:func:`typed`), and passed down as such. Free-form entries (model lists, variants,
+   image-list specs) stay plain mappings. :func:`as_dict` gives back exactly the merged dict
+   (same keys, order and values), so fingerprints and the parameters written into metrics and
+   checkpoints are those of the dict. The resolution facts that are not parameters (the profile
+   used, the ``train_weak`` variant) are fields marked :data:`RESOLVED`, never part of
+   :func:`as_dict`.
+
 5. **Numbers are read as YAML 1.2 reads them** (:func:`load_yaml`): ``5e-08``, ``1E3`` and
    ``1.0e8`` are floats, as DVC (ruamel.yaml, YAML 1.2) means them when it writes params.yaml
    for ``dvc exp run -S``; PyYAML alone follows YAML 1.1 and would read them as strings. A
@@ -33,9 +45,11 @@ from __future__ import annotations
 
 import copy
 import math
+import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 _FLOAT_1_2 = r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"""
@@ -75,6 +89,7 @@ class BlockSchema:
     free_form: frozenset = frozenset()  # key paths (tuples) whose contents are not checked against defaults
     profiled: bool = True  # profiles.<name>.<block> applies
     validate: Callable[[str, dict], None] | None = None  # block rules after the generic checks
+    cls: type | None = None  # the block's typed form (a Block dataclass; module docstring, 6.)
 
 
 #: The module holding each block's defaults; it registers the block's :class:`BlockSchema`
@@ -246,10 +261,140 @@ def validate_block(block: str, cfg: dict) -> None:
         sch.validate(block, cfg)
 
 
-def load_block(block: str, params_path: str | Path | None = None, profile: str | None = None) -> dict:
+def load_block(block: str, params_path: str | Path | None = None, profile: str | None = None):
     """``resolve_block`` of a params file (default: the project's ``params.yaml``; a missing
-    default file means "all defaults")."""
+    default file means "all defaults"), as the block's dataclass."""
     from .training.params import read_params_file
 
     doc, path = read_params_file(params_path)
-    return resolve_block(block, doc, str(path), profile)[0]
+    cfg, used = resolve_block(block, doc, str(path), profile)
+    return typed_block(block, cfg, profile=used)
+
+
+def typed_block(block: str, cfg, **resolved):
+    """A merged and checked ``block`` dict as its dataclass (:func:`typed`; already-typed values
+    are returned as they are). ``resolved``: ``profile=``, ``variant=``, for blocks that have them."""
+    sch = schema(block)
+    if sch.cls is None or isinstance(cfg, sch.cls):
+        return cfg
+    names = {f.name for f in dataclasses.fields(sch.cls) if f.metadata.get("resolved")}
+    return typed(sch.cls, cfg, block, **{k: v for k, v in resolved.items() if k in names})
+
+
+def as_block(block: str, cfg, complete: bool = False, **resolved):
+    """``cfg`` as ``block``'s dataclass, for library callers (tests, scripts): an instance is
+    returned as it is; a dict is checked like a params file (:func:`validate_block`) and
+    converted; ``complete=True`` first fills the keys it lacks with the defaults. ``_profile`` /
+    ``_variant`` keys of the dict (or ``resolved`` keywords) give the resolved fields."""
+    sch = schema(block)
+    if sch.cls is not None and isinstance(cfg, sch.cls):
+        return cfg
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{block}: expected {getattr(sch.cls, '__name__', 'a block')} or a dict, "
+                        f"got {type(cfg).__name__}")
+    d = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+    if complete:
+        d = merge(sch.defaults(), d, block, sch.free_form)
+    validate_block(block, d)
+    resolved.update({str(k)[1:]: v for k, v in cfg.items() if str(k).startswith("_")})
+    return typed_block(block, d, **resolved)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed blocks (module docstring, 6.)
+
+#: ``field(metadata=RESOLVED)``: a fact of the resolution (profile, variant), not a parameter.
+RESOLVED = {"resolved": True}
+#: ``field(metadata=OMIT_DEFAULT)``: left out of :func:`as_dict` while it has its default (an
+#: optional key, e.g. a schedule phase's ``restart_from_best``, absent from most params files).
+OMIT_DEFAULT = {"omit_default": True}
+
+
+@dataclass(frozen=True)
+class Block:
+    """Base of the typed params blocks and of their nested sections."""
+
+    def to_dict(self) -> dict:
+        return as_dict(self)
+
+    def replace(self, **changes) -> "Block":
+        """A copy with ``changes`` (top-level fields, already typed; ``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _hints(cls) -> dict:
+    hints = cls.__dict__.get("_weakalign_hints")
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        type.__setattr__(cls, "_weakalign_hints", hints)
+    return hints
+
+
+def _convert(hint, value, where: str):
+    """``value`` (from a merged params dict) as ``hint`` says: nested dataclasses built, lists of
+    a tuple type turned into tuples (their items converted too); anything else kept as it is."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise user_error(f"{where} must be a mapping, got {value!r}")
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item is None:
+            return tuple(value)
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+def _build(cls, d: dict, where: str, **resolved):
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("resolved"):
+            if f.name in resolved:
+                kwargs[f.name] = resolved[f.name]
+            continue
+        if f.name in d:
+            kwargs[f.name] = _convert(hints[f.name], d[f.name], f"{where}.{f.name}")
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls) if not f.metadata.get("resolved")}
+    if unknown:
+        raise user_error(f"{where}: unknown key(s) {', '.join(sorted(map(repr, unknown)))}")
+    return cls(**kwargs)
+
+
+def typed(cls, cfg: dict, where: str | None = None, **resolved):
+    """The merged and checked dict ``cfg`` as the dataclass ``cls`` (nested sections included);
+    ``resolved``: the :data:`RESOLVED` fields (``profile=``, ``variant=``)."""
+    return _build(cls, cfg, where or cls.__name__, **resolved)
+
+
+def _plain(value):
+    if isinstance(value, Block):
+        return as_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def as_dict(obj) -> dict:
+    """The params dict of a typed block: field order, lists for tuples, :data:`RESOLVED` fields
+    left out, :data:`OMIT_DEFAULT` fields left out while at their default."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("resolved"):
+            continue
+        v = getattr(obj, f.name)
+        if f.metadata.get("omit_default") and v == f.default:
+            continue
+        out[f.name] = _plain(v)
+    return out
+
+
+def defaults_of(cls) -> dict:
+    """The defaults dict of a block class (a fresh copy)."""
+    return as_dict(cls())

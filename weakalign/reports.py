@@ -375,7 +375,7 @@ def weak_curve_figure(df: pd.DataFrame, before: dict | None = None):
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    from .data.atomic import atomic_open
+    from .atomic import atomic_open
 
     path = Path(path)
     with atomic_open(path, "wb") as fh:  # one-line error naming the path when it is not writable

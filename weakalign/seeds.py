@@ -106,7 +106,7 @@ def _quote(a: str) -> str:
     return shlex.quote(a)
 
 
-def model_names(eval_models: dict, weak_cfg: dict) -> dict:
+def model_names(eval_models: dict, weak_cfg) -> dict:
     """variant -> model name, derived from ``evaluate.models``: the entry whose checkpoint is the
     main weak run (``train_weak.outputs.checkpoint``) is ``default``; one whose checkpoint is a
     variant's (``train_weak.variant_outputs.checkpoint``) is that variant. Variants without an
@@ -114,22 +114,22 @@ def model_names(eval_models: dict, weak_cfg: dict) -> dict:
     that runs the same checkpoint with evaluation options (``affine_refinements``) is another row
     of the tables, not the run itself."""
     out = {}
-    main = str(weak_cfg["outputs"]["checkpoint"])
+    main = str(weak_cfg.outputs.checkpoint)
     for name, spec in eval_models.items():
         if set(spec or {}) - {"checkpoint"}:
             continue
         ck = str((spec or {}).get("checkpoint", ""))
         if ck == main:
             out.setdefault("default", name)
-        for v in weak_cfg.get("variants") or {}:
-            if ck == str(weak_cfg["variant_outputs"]["checkpoint"]).format(variant=v):
+        for v in weak_cfg.variants or {}:
+            if ck == str(weak_cfg.variant_outputs.checkpoint).format(variant=v):
                 out.setdefault(v, name)
-    for v in ["default", *(weak_cfg.get("variants") or {})]:
+    for v in ["default", *(weak_cfg.variants or {})]:
         out.setdefault(v, "weak_affine_tps" if v == "default" else f"weak, {v}")
     return out
 
 
-def predict_checkpoint(root: Path, checkpoint: str, bench: str, eval_cfg: dict) -> dict:
+def predict_checkpoint(root: Path, checkpoint: str, bench: str, eval_cfg) -> dict:
     """Prediction cache of one checkpoint on one benchmark (same subset and batch size as
     ``weakalign evaluate predict``)."""
     from .data.registry import get_dataset
@@ -138,10 +138,10 @@ def predict_checkpoint(root: Path, checkpoint: str, bench: str, eval_cfg: dict) 
 
     from .devices import resolve_device, set_backbone_amp
 
-    ds = subset(get_dataset(bench, root=root / "data"), eval_cfg["max_pairs"])
-    model = set_backbone_amp(load_model({"checkpoint": checkpoint}, root), eval_cfg["amp"])
-    return predict_pairs(model, ds, batch_size=eval_cfg["batch_size"], device=resolve_device(eval_cfg["device"], "evaluate.device"),
-                         progress=False, num_workers=eval_cfg["num_workers"])
+    ds = subset(get_dataset(bench, root=root / "data"), eval_cfg.max_pairs)
+    model = set_backbone_amp(load_model({"checkpoint": checkpoint}, root), eval_cfg.amp)
+    return predict_pairs(model, ds, batch_size=eval_cfg.batch_size, device=resolve_device(eval_cfg.device, "evaluate.device"),
+                         progress=False, num_workers=eval_cfg.num_workers)
 
 
 def score_seed(preds: dict, bench: str, bootstrap: dict) -> dict:
@@ -290,10 +290,11 @@ def expected_minutes(root: Path, variants, n_seeds: int) -> float | None:
 
 def run(seeds, variants=None, params: str | None = None, profile: str | None = None, retrain: bool = False,
         dry_run: bool = False, readme: bool = True, extra_set=()) -> dict | None:
-    from .data.atomic import atomic_open, write_json, write_text
+    from .atomic import atomic_open, write_json, write_text
     from .data.paths import project_root
     from .data.registry import DatasetNotAvailable
-    from .evaluation.commands import KEYPOINT_BENCHMARKS, load_block, protocols_for
+    from .config import load_block as load_params_block
+    from .evaluation.commands import KEYPOINT_BENCHMARKS, protocols_for
     from .training.params import read_params_file, resolve
 
     t0 = time.time()
@@ -301,16 +302,14 @@ def run(seeds, variants=None, params: str | None = None, profile: str | None = N
     doc, ppath = read_params_file(params)
     prof = profile or doc.get("profile") or "default"
     weak_cfg = resolve("train_weak", doc, where=str(ppath), profile=prof)
-    eval_cfg = load_block(ppath if ppath.is_file() else None)
-    if prof != (doc.get("profile") or "default"):
-        override = ((doc.get("profiles") or {}).get(prof) or {}).get("evaluate")
-        eval_cfg = {**eval_cfg, **(override or {})}
-    known = ["default", *(weak_cfg.get("variants") or {})]
+    # the same profile as the weak block, merged key by key like every block (weakalign.config)
+    eval_cfg = load_params_block("evaluate", ppath if ppath.is_file() else None, prof)
+    known = ["default", *(weak_cfg.variants or {})]
     variants = list(variants or known)
     bad = [v for v in variants if v not in known]
     if bad:
         raise _user_error(f"unknown variant(s) {bad}; train_weak.variants defines: {', '.join(known)}")
-    names = model_names(eval_cfg["models"], weak_cfg)
+    names = model_names(eval_cfg.models, weak_cfg)
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise _user_error(f"--seeds must be distinct integers, got {seeds}")
@@ -334,7 +333,7 @@ def run(seeds, variants=None, params: str | None = None, profile: str | None = N
                 todo.append(argv)
     if dry_run:
         return None
-    for init in weak_cfg["init"].values():
+    for init in weak_cfg.init.to_dict().values():
         if not (root / init).is_file():
             raise _user_error(f"{init} not found: run the pipeline first (`dvc repro train_strong`)")
     for argv in todo:
@@ -344,18 +343,18 @@ def run(seeds, variants=None, params: str | None = None, profile: str | None = N
     result = {"command": "weakalign seeds --seeds " + " ".join(map(str, seeds)) + ("" if variants == known else " --variants " + " ".join(variants))
               + (f" --profile {prof}" if prof_arg else ""),
               "profile": prof, "seeds": seeds, "variants": variants, "models": {v: names[v] for v in variants},
-              "seed_key": "train_weak.seed", "main_run_seed": int(weak_cfg["seed"]), "benchmarks": {}, "training": {}}
+              "seed_key": "train_weak.seed", "main_run_seed": int(weak_cfg.seed), "benchmarks": {}, "training": {}}
     for seed in seeds:
         for v in variants:
             f = root / output_paths(seed, v, prof)["metrics"]
             if f.is_file():
                 m = json.loads(f.read_text())
                 result["training"].setdefault(str(seed), {})[v] = {k: m.get(k) for k in ("seconds", "training_seconds", "heldout_score_after", "params_fingerprint")}
-    main_metrics = root / eval_cfg["metrics"]
+    main_metrics = root / eval_cfg.metrics
     main = json.loads(main_metrics.read_text()) if main_metrics.is_file() and prof == "default" else {}
     import torch
 
-    for bench in eval_cfg["benchmarks"]:
+    for bench in eval_cfg.benchmarks:
         if bench not in KEYPOINT_BENCHMARKS:
             continue
         per_seed = {}
@@ -373,7 +372,7 @@ def run(seeds, variants=None, params: str | None = None, profile: str | None = N
                             torch.save(pred, fh)
                         preds[names[v]] = pred
                     print(f"{bench} / seed {seed} / {names[v]}: predictions {cache.relative_to(root)}", flush=True)
-                per_seed[seed] = score_seed(preds, bench, eval_cfg["bootstrap"])
+                per_seed[seed] = score_seed(preds, bench, eval_cfg.bootstrap)
         except DatasetNotAvailable as exc:
             result["benchmarks"][bench] = {"available": False, "reason": str(exc)[:300]}
             continue

@@ -44,8 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_csv, write_json
+from ..atomic import write_csv, write_json
 from .images import CorruptImageError, load_image
+from ..config import as_block
+from .params import Audit
 
 PHASH_FILE = "phash.csv"
 LEAKAGE_FILE = "leakage.json"
@@ -63,7 +65,7 @@ def _bits_to_int(bits: np.ndarray) -> int:
     return v
 
 
-def phash_array(arr: np.ndarray, hash_size: int = 8) -> int:
+def phash_array(arr: np.ndarray, hash_size: int = Audit.hash_size) -> int:
     import imagehash
     from PIL import Image
 
@@ -81,7 +83,7 @@ def _hash_job(args):
     return path, h, hf, None
 
 
-def hash_images(paths, hash_size=8, with_flip=False, jobs=1, desc="hashing"):
+def hash_images(paths, hash_size=Audit.hash_size, with_flip=False, jobs=1, desc="hashing"):
     """{path: (hash, flipped hash or None)} and {path: error} for unreadable files."""
     from tqdm import tqdm
     import sys
@@ -295,7 +297,7 @@ def pf_pascal_pair_overlap(root: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_audit(root: Path, params: dict, log=print) -> dict:
+def run_audit(root: Path, params, log=print) -> dict:
     """Hash, compare, write ``audit/leakage.json`` and ``audit/phash.csv``; return the report.
 
     Report keys: ``count`` (near-duplicate (train, eval) pairs), ``threshold``, ``pairs``
@@ -307,8 +309,9 @@ def run_audit(root: Path, params: dict, log=print) -> dict:
     """
     t0 = time.time()
     root = Path(root)
-    a = params["audit"]
-    thr, hs, jobs = int(a["threshold"]), int(a["hash_size"]), int(a.get("jobs", 1))
+    params = as_block("data", params, complete=True)
+    a = params.audit
+    thr, hs, jobs = int(a.threshold), int(a.hash_size), int(a.jobs)
     if hs != 8:
         raise ValueError("only hash_size 8 (64-bit hashes) is supported by the numpy comparison")
 
@@ -321,7 +324,7 @@ def run_audit(root: Path, params: dict, log=print) -> dict:
     # training pool
     train_sets: dict[str, list[Path]] = {}
     train_absent: dict[str, str] = {}
-    pool = caltech_pool(root, params["exclude_categories"])
+    pool = caltech_pool(root, params.exclude_categories)
     if pool:
         train_sets["caltech-101"] = pool
     else:
@@ -354,7 +357,7 @@ def run_audit(root: Path, params: dict, log=print) -> dict:
     eval_paths = list(dict.fromkeys(p for v in eval_sets.values() for p in v))
     log(f"audit: hashing {len(train_paths)} training-pool and {len(eval_paths)} evaluation images")
     th, terr = hash_images(train_paths, hs, False, jobs, "hash train")
-    eh, eerr = hash_images(eval_paths, hs, bool(a["check_flips"]), jobs, "hash eval")
+    eh, eerr = hash_images(eval_paths, hs, bool(a.check_flips), jobs, "hash eval")
 
     t_keys = [p for p in map(str, train_paths) if p in th]
     e_keys = [p for p in map(str, eval_paths) if p in eh]
@@ -375,7 +378,7 @@ def run_audit(root: Path, params: dict, log=print) -> dict:
 
     for i, j, d in near_pairs(tv, ev, thr):
         add(i, j, d, False)
-    if a["check_flips"] and len(e_keys):
+    if a.check_flips and len(e_keys):
         evf = np.array([eh[p][1] for p in e_keys], dtype=np.uint64)
         for i, j, d in near_pairs(tv, evf, thr):
             add(i, j, d, True)
@@ -408,7 +411,7 @@ def run_audit(root: Path, params: dict, log=print) -> dict:
         "method": {
             "hash": "imagehash.phash", "hash_bits": hs * hs, "threshold": thr,
             "near_duplicate": "Hamming distance <= threshold",
-            "flipped_eval_images": bool(a["check_flips"]),
+            "flipped_eval_images": bool(a.check_flips),
             "image_decoding": "weakalign.data.images.load_image (EXIF orientation applied)",
         },
         "count": len(pairs),
@@ -422,7 +425,7 @@ def run_audit(root: Path, params: dict, log=print) -> dict:
         "training_images": {
             "count": len(t_keys),
             "sets": {**{k: len(v) for k, v in train_sets.items()}, **train_absent},
-            "exclude_categories": list(params["exclude_categories"]),
+            "exclude_categories": list(params.exclude_categories),
         },
         "evaluation_images": {
             "count": len(e_keys),

@@ -47,7 +47,7 @@ def _fetch(args) -> int:
     from .prepare import fetch_sources
     from .sources import resolve
 
-    from .atomic import ensure_dir
+    from ..atomic import ensure_dir
 
     t0 = time.time()
     root, mirror = _root(args), _mirror(args)
@@ -87,15 +87,16 @@ def _prepare_pf_willow(args) -> int:
     return 0
 
 
-def _params(args) -> dict:
+def _params(args):
+    """The ``data`` block (:class:`weakalign.data.params.DataParams`) with the command's
+    ``--threshold`` / ``--jobs`` options applied."""
+    import dataclasses
+
     from .params import load_params
 
     p = load_params(args.params)
-    if getattr(args, "threshold", None) is not None:
-        p["audit"]["threshold"] = args.threshold
-    if getattr(args, "jobs", None) is not None:
-        p["audit"]["jobs"] = args.jobs
-    return p
+    changes = {k: getattr(args, k) for k in ("threshold", "jobs") if getattr(args, k, None) is not None}
+    return dataclasses.replace(p, audit=dataclasses.replace(p.audit, **changes)) if changes else p
 
 
 def _audit(args) -> int:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .archives import ArchiveContentError, UnsafeArchiveError, check_counts, count_members, list_members
-from .atomic import ensure_dir, sha256_file, write_text
+from ..atomic import ensure_dir, sha256_file, write_text
 from .sources import SourceFile
 
 CHUNK = 1 << 20

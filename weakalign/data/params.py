@@ -2,40 +2,55 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULTS: dict = {
-    "seed": 0,
+from weakalign.config import Block, defaults_of
+
+
+@dataclass(frozen=True)
+class Audit(Block):
+    """Near-duplicate audit between training photos and evaluation images."""
+
+    hash_size: int = 8  # imagehash.phash -> hash_size**2 = 64 bits
+    threshold: int = 6  # near-duplicate if Hamming distance <= threshold
+    check_flips: bool = True  # also compare against horizontally flipped evaluation images
+    jobs: int = 2  # worker processes for hashing
+
+
+@dataclass(frozen=True)
+class DataParams(Block):
+    """The ``data:`` block: its field defaults are the defaults (the one place)."""
+
+    seed: int = 0
     # Caltech-101 folders never used for training: BACKGROUND_Google has no object category
     # (useless for same-category pairs); Faces_easy holds tighter crops of the same photos as
     # Faces (near-duplicates across categories).
-    "exclude_categories": ["BACKGROUND_Google", "Faces_easy"],
+    exclude_categories: tuple[str, ...] = ("BACKGROUND_Google", "Faces_easy")
     # Fraction of each category's images held out (validation side); all validation images
     # are disjoint from all training images.
-    "heldout_fraction": 0.15,
-    "strong_train_images": 0,  # 0 = every training-side image
-    "strong_val_images": 400,
-    "weak_train_pairs": 2000,
-    "weak_val_pairs": 200,
-    "weak_train_flip_prob": 0.5,
+    heldout_fraction: float = 0.15
+    strong_train_images: int = 0  # 0 = every training-side image
+    strong_val_images: int = 400
+    weak_train_pairs: int = 2000
+    weak_val_pairs: int = 200
+    weak_train_flip_prob: float = 0.5
     # Near-duplicate groups INSIDE the training pool (kept on one side of the train/held-out
     # split, never paired with each other): phash distance <= this. Stricter than the audit
     # threshold: at 6 bits, different motorbikes / airplanes photographed in the same pose on a
     # white background already match (one Motorbikes component of 116 images); at <= 2 the
     # matches are mostly true duplicates (same photo, other background or crop).
-    "pool_duplicate_threshold": 2,
-    "audit": {
-        "hash_size": 8,  # imagehash.phash -> hash_size**2 = 64 bits
-        "threshold": 6,  # near-duplicate if Hamming distance <= threshold
-        "check_flips": True,  # also compare against horizontally flipped evaluation images
-        "jobs": 2,  # worker processes for hashing
-    },
-}
+    pool_duplicate_threshold: int = 2
+    audit: Audit = field(default_factory=Audit)
 
 
-def load_params(path: str | Path | None = None) -> dict:
+#: The defaults as a dict (derived from :class:`DataParams`; read-only use).
+DEFAULTS: dict = defaults_of(DataParams)
+
+
+def load_params(path: str | Path | None = None) -> DataParams:
     """The merged ``data`` parameters (:func:`weakalign.config.resolve_block`: unknown keys,
-    types and ranges checked). ``path`` defaults to ``<project root>/params.yaml``; a missing
+    types and ranges checked), as :class:`DataParams`. ``path`` defaults to ``<project root>/params.yaml``; a missing
     default file means "all defaults"."""
     from weakalign.config import load_block
 
@@ -62,7 +77,7 @@ def _validate(block: str, cfg: dict) -> None:
 def _register() -> None:
     from weakalign.config import BlockSchema, register
 
-    register("data", BlockSchema(lambda: DEFAULTS, profiled=False, validate=_validate))
+    register("data", BlockSchema(lambda: defaults_of(DataParams), profiled=False, validate=_validate, cls=DataParams))
 
 
 _register()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_csv
+from ..atomic import write_csv
 from .csvio import PF_WILLOW_HEADER
 
 NUM_CLASSES = 10

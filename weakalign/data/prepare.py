@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .archives import check_counts, count_tree, safe_extract
-from .atomic import ensure_dir, write_json
+from ..atomic import ensure_dir, write_json
 from .download import FetchResult, SourceUnavailable, fetch
 from .sources import SOURCES, SourceFile
 
@@ -118,7 +118,7 @@ def prepare_pf_willow(root: Path, mirror: Path | None, *, force_rebuild: bool = 
                 "order": "sub-class, source image, target image (sorted by name)",
                 "coordinates": "pixels, 1-based, copied unchanged from pts_coord"}
         log(f"  test_pairs_pf.csv: rebuilt from .mat annotations: {n} pairs")
-    from .atomic import sha256_file
+    from ..atomic import sha256_file
 
     prov["sha256"] = sha256_file(out)
     prov["rows"] = len(records)

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import sha256_file, write_csv, write_json
+from ..atomic import sha256_file, write_csv, write_json
 from .audit import LEAKAGE_FILE, PHASH_FILE, near_pairs, read_phash_csv
+from ..config import as_block
 
 CALTECH_PREFIX = "caltech-101/"
 FILES = {
@@ -114,7 +115,8 @@ def _strip(p: str) -> str:
     return p[len(CALTECH_PREFIX):] if p.startswith(CALTECH_PREFIX) else p
 
 
-def make_splits(root: Path, params: dict, log=print) -> dict:
+def make_splits(root: Path, params, log=print) -> dict:
+    params = as_block("data", params, complete=True)  # DataParams (a partial dict is completed)
     root = Path(root)
     audit_dir = root / "audit"
     if not (audit_dir / LEAKAGE_FILE).is_file() or not (audit_dir / PHASH_FILE).is_file():
@@ -130,21 +132,21 @@ def make_splits(root: Path, params: dict, log=print) -> dict:
 
         raise UserError("no Caltech-101 training images in the audit: run "
                         "`weakalign data fetch caltech-101` then `weakalign data audit`")
-    exclude_cats = set(params["exclude_categories"])
+    exclude_cats = set(params.exclude_categories)
     pool = sorted((r["path"], int(r["phash"], 16)) for r in rows
                   if r["path"] not in excluded and Path(r["path"]).parent.name not in exclude_cats)
     paths = [p for p, _ in pool]
     hashes = np.array([h for _, h in pool], dtype=np.uint64)
-    group = _groups(paths, hashes, int(params["pool_duplicate_threshold"]))
+    group = _groups(paths, hashes, int(params.pool_duplicate_threshold))
     n_groups = len(set(group.values()))
 
-    rng = np.random.default_rng(int(params["seed"]))
+    rng = np.random.default_rng(int(params.seed))
     by_cat: dict[str, list[str]] = defaultdict(list)
     for p in paths:
         by_cat[Path(p).parent.name].append(p)
     train_side: dict[str, list[str]] = {}
     held_side: dict[str, list[str]] = {}
-    frac = float(params["heldout_fraction"])
+    frac = float(params.heldout_fraction)
     for c in sorted(by_cat):
         members = by_cat[c]
         gids = sorted({group[p] for p in members})
@@ -168,11 +170,11 @@ def make_splits(root: Path, params: dict, log=print) -> dict:
         idx = rng.choice(len(allp), size=n, replace=False)
         return sorted(allp[int(i)] for i in idx)
 
-    strong_train = draw_images(train_side, int(params["strong_train_images"]), "strong_train")
-    strong_val = draw_images(held_side, int(params["strong_val_images"]), "strong_val")
-    weak_train = _sample_pairs(train_side, group, int(params["weak_train_pairs"]), rng, "weak_train")
-    flips = rng.random(len(weak_train)) < float(params["weak_train_flip_prob"])
-    weak_val = _sample_pairs(held_side, group, int(params["weak_val_pairs"]), rng, "weak_val")
+    strong_train = draw_images(train_side, int(params.strong_train_images), "strong_train")
+    strong_val = draw_images(held_side, int(params.strong_val_images), "strong_val")
+    weak_train = _sample_pairs(train_side, group, int(params.weak_train_pairs), rng, "weak_train")
+    flips = rng.random(len(weak_train)) < float(params.weak_train_flip_prob)
+    weak_val = _sample_pairs(held_side, group, int(params.weak_val_pairs), rng, "weak_val")
 
     out_dir = root / "splits"
     written = {}
@@ -204,7 +206,7 @@ def make_splits(root: Path, params: dict, log=print) -> dict:
     assert not held_imgs & train_imgs
     manifest = {
         "version": 1,
-        "params": params,
+        "params": params.to_dict(),
         "pool": {
             "caltech_images_hashed": len(rows),
             "excluded_by_audit": len(set(report["excluded"]) & {r["path"] for r in rows}),

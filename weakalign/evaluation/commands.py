@@ -37,24 +37,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..config import RESOLVED, Block, defaults_of
+from .stats import BootstrapConfig
 
 from ..methods import NCNET_DENSE_REASON  # noqa: F401  (re-exported: the reason is declared by the method)
 
-DEFAULTS = {
-    "batch_size": 16,
-    # auto = cuda when available, else cpu (weakalign/devices.py); evaluation is deterministic
-    # on the CPU, so auto on a CPU-only machine gives the numbers of `device: cpu`
-    "device": "auto",
-    "amp": "none",  # none | bf16 | fp16: autocast around the backbone only (weakalign/devices.py)
-    "num_workers": 0,  # image-decoding processes for the benchmark images (0 = main process)
-    "benchmarks": ["pf-willow", "pf-pascal", "caltech-101", "tss"],
-    "predictions_dir": "data/predictions",
-    "metrics": "reports/metrics/pck.json",
-    "plots_dir": "reports/plots",
-    "tables_dir": "reports/tables",
+def _default_models() -> dict:
     # name -> spec, in table order (as params.yaml states them)
-    "models": {
+    return {
         "identity": {"type": "identity"},
         "strong_affine": {"checkpoint": "models/strong_affine.pt"},
         "strong_tps": {"checkpoint": "models/strong_tps.pt"},
@@ -66,15 +59,38 @@ DEFAULTS = {
         "ncnet": {"type": "ncnet", "checkpoint": "models/ncnet.pt"},
         # not the paper's model: one more affine pass at test time (TwoStageCNNGeometric.affine_refinements)
         "weak + test-time affine refinement (not in paper)": {"checkpoint": "models/weak_affine_tps.pt", "affine_refinements": 1},
-    },
-    "reference_checkpoints_dir": "models/reference",
-    "max_pairs": 0,
+    }
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Block):
+    """The ``evaluate:`` block: its field defaults are the defaults (the one place)."""
+
+    batch_size: int = 16
+    # auto = cuda when available, else cpu (weakalign/devices.py); evaluation is deterministic
+    # on the CPU, so auto on a CPU-only machine gives the numbers of `device: cpu`
+    device: str = "auto"
+    amp: str = "none"  # none | bf16 | fp16: autocast around the backbone only (weakalign/devices.py)
+    num_workers: int = 0  # image-decoding processes for the benchmark images (0 = main process)
+    benchmarks: tuple[str, ...] = ("pf-willow", "pf-pascal", "caltech-101", "tss")
+    predictions_dir: str = "data/predictions"
+    metrics: str = "reports/metrics/pck.json"
+    plots_dir: str = "reports/plots"
+    tables_dir: str = "reports/tables"
+    # name -> spec, in table order (free-form; each spec is checked by its method)
+    models: dict = field(default_factory=_default_models)
+    reference_checkpoints_dir: str = "models/reference"
+    max_pairs: int = 0
     # benchmark -> names of the declared PCK protocols to report ({} = all; "default" always kept)
-    "protocols": {},
+    protocols: dict = field(default_factory=dict)
     # bootstrap intervals of every PCK and paired differences (weakalign.evaluation.stats)
-    "bootstrap": {"resamples": 2000, "seed": 0, "confidence": 0.95, "method": "bca"},
-    "alphas_curve": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2],
-}
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    alphas_curve: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2)
+    profile: str = field(default="default", metadata=RESOLVED)  # the profile it was resolved with
+
+
+#: The defaults as a dict (derived from :class:`EvaluateParams`; read-only use).
+DEFAULTS: dict = defaults_of(EvaluateParams)
 
 
 def __getattr__(name: str):
@@ -128,27 +144,29 @@ def _validate(block: str, cfg: dict) -> None:
 def _register() -> None:
     from ..config import BlockSchema, register
 
-    register("evaluate", BlockSchema(lambda: DEFAULTS, frozenset({("models",), ("protocols",)}), validate=_validate))
+    register("evaluate", BlockSchema(lambda: defaults_of(EvaluateParams), frozenset({("models",), ("protocols",)}),
+                                     validate=_validate, cls=EvaluateParams))
 
 
 _register()
 
 
-def load_block(params_path: str | Path | None) -> dict:
+def load_block(params_path: str | Path | None) -> EvaluateParams:
     """The effective ``evaluate`` block (:func:`weakalign.config.resolve_block`: deep merge of
-    ``profiles.<profile>.evaluate``, unknown keys, types and ranges checked)."""
+    ``profiles.<profile>.evaluate``, unknown keys, types and ranges checked), as
+    :class:`EvaluateParams`."""
     from ..config import load_block as _load
 
     return _load("evaluate", params_path)
 
 
-def model_specs(cfg: dict, root: Path) -> dict:
+def model_specs(cfg: EvaluateParams, root: Path) -> dict:
     """Configured models plus released reference checkpoints found on disk (each tagged with the
     method its file name declares: :func:`weakalign.methods.spec_for_released`)."""
     from ..methods import spec_for_released
 
-    specs = dict(cfg["models"])
-    ref_dir = root / cfg["reference_checkpoints_dir"]
+    specs = dict(cfg.models)
+    ref_dir = root / cfg.reference_checkpoints_dir
     if ref_dir.is_dir():
         for p in sorted(ref_dir.glob("*.pth.tar")):
             spec = {"checkpoint": str(p.relative_to(root)), "optional": True, **spec_for_released(p.name)}
@@ -200,7 +218,7 @@ def _safe_name(name: str) -> str:
 def _predict(args) -> int:
     import torch
 
-    from ..data.atomic import atomic_open
+    from ..atomic import atomic_open
     from ..data.paths import project_root
     from ..data.registry import DatasetNotAvailable, benchmark_spec, get_dataset
     from ..info import environment
@@ -210,25 +228,25 @@ def _predict(args) -> int:
     t0 = time.time()
     root = project_root()
     cfg = load_block(args.params)
-    device = resolve_device(cfg["device"], "evaluate.device")
-    out_dir = root / cfg["predictions_dir"]
+    device = resolve_device(cfg.device, "evaluate.device")
+    out_dir = root / cfg.predictions_dir
     status = {}
     n_done = 0
     check_protocols(cfg, args.params)
-    from ..data.atomic import check_dir_writable
+    from ..atomic import check_dir_writable
 
     check_dir_writable(out_dir)  # fail before the predictions are computed, not after
     methods = check_methods(model_specs(cfg, root), args.params)
-    for bench in cfg["benchmarks"]:
+    for bench in cfg.benchmarks:
         try:
-            ds = subset(get_dataset(bench, root=root / "data"), cfg["max_pairs"])
+            ds = subset(get_dataset(bench, root=root / "data"), cfg.max_pairs)
         except DatasetNotAvailable as exc:
             status[bench] = {"available": False, "reason": _short_reason(exc)}
             print(f"{bench}: not available ({status[bench]['reason']})")
             continue
         status[bench] = {"available": True, "pairs": len(ds), "models": {}, "environment": environment(str(device))}
-        if cfg["amp"] != "none":
-            status[bench]["environment"]["amp"] = cfg["amp"]
+        if cfg.amp != "none":
+            status[bench]["environment"]["amp"] = cfg.amp
         if getattr(ds, "pairs_total", None):
             status[bench]["pairs_total"] = ds.pairs_total
             print(f"{bench}: evaluating {len(ds)} evenly spaced pairs of {ds.pairs_total} (evaluate.max_pairs)")
@@ -247,9 +265,9 @@ def _predict(args) -> int:
                 from weakalign.cli import UserError
 
                 raise UserError(f"model {name!r}: {exc}. Train it first (dvc repro) or mark it optional in params.yaml") from exc
-            set_backbone_amp(model, cfg["amp"])
-            pred = method.predict(model, ds, batch_size=cfg["batch_size"], device=device, progress=not args.quiet,
-                                  num_workers=cfg["num_workers"])
+            set_backbone_amp(model, cfg.amp)
+            pred = method.predict(model, ds, batch_size=cfg.batch_size, device=device, progress=not args.quiet,
+                                  num_workers=cfg.num_workers)
             pred["model"] = name
             pred["model_spec"] = {k: str(v) for k, v in spec.items()}
             path = out_dir / bench / f"{_safe_name(name)}.pt"
@@ -258,7 +276,7 @@ def _predict(args) -> int:
             status[bench]["models"][name] = {"available": True, "predictions": str(path.relative_to(root)), "seconds": round(pred["seconds"], 2)}
             n_done += 1
             print(f"{bench} / {name}: {len(ds)} pairs in {pred['seconds']:.1f}s -> {path.relative_to(root)}")
-    from ..data.atomic import write_json
+    from ..atomic import write_json
 
     write_json(out_dir / "status.json", status)
     print(f"evaluate predict: {n_done} prediction files, {time.time() - t0:.0f}s -> {out_dir.relative_to(root)}")
@@ -281,7 +299,7 @@ def check_methods(specs: dict, params_path=None) -> dict:
     return out
 
 
-def check_protocols(cfg: dict, params_path=None) -> None:
+def check_protocols(cfg: EvaluateParams, params_path=None) -> None:
     """Every ``evaluate.benchmarks`` entry is declared and every ``evaluate.protocols`` entry
     names a declared keypoint benchmark and its declared protocols (one-line UserError)."""
     from weakalign.cli import UserError
@@ -290,9 +308,9 @@ def check_protocols(cfg: dict, params_path=None) -> None:
 
     where = f"{params_path or 'params.yaml'}: evaluate"
     try:
-        for bench in cfg["benchmarks"]:
+        for bench in cfg.benchmarks:
             benchmark_spec(bench)
-        for bench, names in (cfg.get("protocols") or {}).items():
+        for bench, names in (cfg.protocols or {}).items():
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise UndeclaredBenchmark(f"protocols.{bench} must be a list of protocol names, got {names!r}")
             benchmark_spec(bench).pck_protocols(names)
@@ -411,7 +429,7 @@ def compute_metrics(status: dict, load_predictions, alphas_curve, load_dataset=N
 
 
 def write_metrics(metrics: dict, tables: str, curves: dict, metrics_path: Path, plots_dir: Path, tables_dir: Path) -> None:
-    from ..data.atomic import write_csv, write_json, write_text
+    from ..atomic import write_csv, write_json, write_text
 
     for bench, rows in curves.items():
         write_csv(plots_dir / f"pck_curve_{bench}.csv", ["model", "alpha", "pck", "low", "high"], rows)
@@ -428,7 +446,7 @@ def _metrics(args) -> int:
     root = project_root()
     cfg = load_block(args.params)
     check_protocols(cfg, args.params)
-    status_path = root / cfg["predictions_dir"] / "status.json"
+    status_path = root / cfg.predictions_dir / "status.json"
     if not status_path.is_file():
         from weakalign.cli import UserError
 
@@ -436,16 +454,16 @@ def _metrics(args) -> int:
     status = json.loads(status_path.read_text())
     from ..data.registry import get_dataset
 
-    metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg["alphas_curve"],
-                                              load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg["max_pairs"]),
-                                              bootstrap=cfg["bootstrap"], protocols=cfg["protocols"])
-    write_metrics(metrics, tables, curves, root / cfg["metrics"], root / cfg["plots_dir"], root / cfg["tables_dir"])
+    metrics, tables, curves = compute_metrics(status, lambda rel: torch.load(root / rel, weights_only=True), cfg.alphas_curve,
+                                              load_dataset=lambda name: subset(get_dataset(name, root=root / "data"), cfg.max_pairs),
+                                              bootstrap=cfg.bootstrap, protocols=cfg.protocols)
+    write_metrics(metrics, tables, curves, root / cfg.metrics, root / cfg.plots_dir, root / cfg.tables_dir)
     for bench, m in metrics.items():
         if m.get("nonfinite_predictions"):
             print(f"warning: {bench}: {m['nonfinite_predictions']} non-finite predicted keypoint(s), counted as wrong "
-                  f"(see {cfg['tables_dir']}/pck.md)")
+                  f"(see {cfg.tables_dir}/pck.md)")
     print(f"evaluate metrics: {sum(1 for m in metrics.values() if m.get('available'))} benchmark(s) available, "
-          f"{time.time() - t0:.1f}s -> {cfg['metrics']}")
+          f"{time.time() - t0:.1f}s -> {cfg.metrics}")
     return 0
 
 

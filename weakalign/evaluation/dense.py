@@ -299,7 +299,7 @@ def write_flo(path, flow) -> None:
     f = np.asarray(flow, dtype=np.float32)
     if f.ndim != 3 or f.shape[2] != 2:
         raise ValueError(f"flow must be H x W x 2, got shape {f.shape}")
-    from ..data.atomic import atomic_open
+    from ..atomic import atomic_open
 
     with atomic_open(Path(path), "wb") as fh:  # never a half-written .flo
         np.array([202021.25], dtype=np.float32).tofile(fh)

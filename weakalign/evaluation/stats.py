@@ -41,18 +41,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-DEFAULT_BOOTSTRAP = {"resamples": 2000, "seed": 0, "confidence": 0.95, "method": "bca"}
+from ..config import Block, defaults_of
+
 METHODS = ("bca", "percentile")
 
 
 @dataclass(frozen=True)
-class BootstrapConfig:
-    """The ``evaluate.bootstrap`` block of ``params.yaml``."""
+class BootstrapConfig(Block):
+    """The ``evaluate.bootstrap`` block of ``params.yaml`` (its defaults are these fields)."""
 
     resamples: int = 2000
     seed: int = 0
     confidence: float = 0.95
-    method: str = "bca"
+    method: str = "bca"  # bca | percentile
 
     def __post_init__(self):
         if int(self.resamples) < 100:
@@ -80,7 +81,12 @@ class BootstrapConfig:
                 f"{self.resamples} resamples, seed {self.seed}; paired differences use the same resamples for both models")
 
     def to_dict(self) -> dict:
+        """What ``pck.json`` records: the parameters, the resampling unit and a description (the
+        plain parameters: :func:`weakalign.config.as_dict`)."""
         return {**asdict(self), "unit": "image pair", "description": self.describe()}
+
+
+DEFAULT_BOOTSTRAP: dict = defaults_of(BootstrapConfig)
 
 
 def multiplicities(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -100,7 +106,8 @@ def _as_2d(x) -> tuple[np.ndarray, bool]:
     return (x[:, None], True) if x.ndim == 1 else (x, False)
 
 
-def weighted_mean_ci(values, weights, counts: np.ndarray, confidence: float = 0.95, method: str = "bca") -> dict:
+def weighted_mean_ci(values, weights, counts: np.ndarray, confidence: float = BootstrapConfig.confidence,
+                     method: str = BootstrapConfig.method) -> dict:
     """Estimate and bootstrap interval of ``sum w x / sum w`` for each column of ``values``.
 
     ``values``: ``n`` or ``n x K`` per-pair values (NaN allowed where the weight is 0);

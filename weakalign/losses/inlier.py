@@ -50,15 +50,16 @@ from torch import nn
 from ..geometry import transform_points
 from ..geometry.coords import grid_to_points, normalized_grid, points_to_grid
 from ..geometry.warp import warp_image
+from ..training.params import WeakLoss  # the loss's parameters and their defaults (train_weak.loss), defined once
 
-REFERENCE_OFFSET_FACTOR = 227.0 / 210.0
+REFERENCE_OFFSET_FACTOR = WeakLoss.offset_factor  # 227 / 210
 _FAR = -10.0  # grid value far outside [-1, 1]: grid_sample reads zeros there
 _BOUND_TOL = 1e-5  # inclusive bound, robust to float round-off at the border ("analytic")
 _REF_FAR = -1e10  # the reference's value for out-of-bounds grid cells ("reference")
 COMPOSITIONS = ("analytic", "reference")
 
 
-def identity_mask(h: int, w: int, tolerance: int = 0, shape: str = "square", dtype=torch.float32) -> torch.Tensor:
+def identity_mask(h: int, w: int, tolerance: int = WeakLoss.tolerance, shape: str = WeakLoss.shape, dtype=torch.float32) -> torch.Tensor:
     """``1 x (h*w) x h x w`` mask: channel ``x*h + y`` is 1 at target cells within ``tolerance``
     of (x, y) (Chebyshev distance for ``"square"``, Manhattan for ``"cross"``)."""
     if tolerance < 0:
@@ -84,15 +85,15 @@ class SoftInlierCount(nn.Module):
         self,
         h: int = 15,
         w: int = 15,
-        tolerance: int = 0,
-        shape: str = "square",
-        mask: str = "identity",
-        normalize: bool = True,
-        offset_factor: float = REFERENCE_OFFSET_FACTOR,
-        tps_reg_factor: float = 0.2,
+        tolerance: int = WeakLoss.tolerance,
+        shape: str = WeakLoss.shape,
+        mask: str = WeakLoss.mask,
+        normalize: bool = WeakLoss.normalize,
+        offset_factor: float = WeakLoss.offset_factor,
+        tps_reg_factor: float = WeakLoss.tps_reg_factor,
         tps_grid_size: int = 3,
         eps: float = 1e-5,
-        composition: str = "analytic",
+        composition: str = WeakLoss.composition,
     ):
         super().__init__()
         if composition not in COMPOSITIONS:

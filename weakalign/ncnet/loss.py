@@ -25,9 +25,10 @@ from __future__ import annotations
 import torch
 
 from .correlation import check_corr4d
+from .params import NCNetLoss  # the loss normalisation and its default (train_ncnet.loss), defined once
 
 
-def matching_score(corr: torch.Tensor, normalization: str = "softmax") -> torch.Tensor:
+def matching_score(corr: torch.Tensor, normalization: str = NCNetLoss.normalization) -> torch.Tensor:
     """Per-pair matching score ``B`` (see the module docstring). ``normalization``:
     ``softmax`` (reference), ``l1`` (divide by the sum + 1e-4) or ``none``."""
     check_corr4d(corr)
@@ -57,7 +58,7 @@ def weak_loss_from_scores(score_pos: torch.Tensor, score_neg: torch.Tensor) -> t
     return score_neg.mean() - score_pos.mean()
 
 
-def weak_loss(model, feature_a: torch.Tensor, feature_b: torch.Tensor, normalization: str = "softmax") -> tuple[torch.Tensor, dict]:
+def weak_loss(model, feature_a: torch.Tensor, feature_b: torch.Tensor, normalization: str = NCNetLoss.normalization) -> tuple[torch.Tensor, dict]:
     """Weak loss of a batch of matching pairs given their features (``B x C x h x w`` each);
     ``model.forward_features`` gives the filtered correlation. Positives and negatives run as
     one batch. Returns ``(loss, {"score_pos": B, "score_neg": B})``."""

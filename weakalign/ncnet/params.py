@@ -3,7 +3,7 @@
 Resolved like every block (:mod:`weakalign.config`), later wins, each level merged key by key
 (lists replaced whole), unknown keys are errors:
 
-1. :data:`NCNET_DEFAULTS` below (the CPU-sized ``default`` profile; ``docs/ncnet.md`` says why);
+1. :class:`TrainNCNet` below (the CPU-sized ``default`` profile; ``docs/ncnet.md`` says why);
 2. the ``train_ncnet:`` block of ``params.yaml``;
 3. ``profiles.<name>.train_ncnet`` for the selected profile (top-level ``profile:`` key, or
    ``--profile``); ``docs/ncnet.md`` has the ``smoke`` and ``paper`` entries;
@@ -12,56 +12,77 @@ Resolved like every block (:mod:`weakalign.config`), later wins, each level merg
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from ..config import RESOLVED, Block, defaults_of
+from ..training.params import ListSpec, Outputs, Phase
 from ..training.params import fingerprint, merge, parse_set, read_params_file  # noqa: F401 (re-exported)
 
 BLOCK = "train_ncnet"
 
-NCNET_DEFAULTS: dict = {
-    "seed": 1,
-    "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N (weakalign/devices.py)
-    "amp": "none",  # backbone mixed precision: none | bf16 | fp16 (fp16 only with a frozen backbone)
-    "threads": 0,  # torch intra-op threads; 0 = torch's default
-    "model": {
-        "backbone": "efficientnet_lite0",  # a name of weakalign.models.backbones (reference: resnet101)
-        "backbone_weights": "imagenet",
-        "image_size": [240, 240],  # 15 x 15 features at stride 16 (reference: 400 x 400, 25 x 25)
-        # reference PF-PASCAL model: [5, 5, 5] / [16, 16, 1]; [3, 3] / [16, 1] is the reference's
-        # InLoc/IVD model and what fits the 2-core CPU budget (docs/ncnet.md)
-        "kernel_sizes": [3, 3],
-        "channels": [16, 1],
-        "symmetric": True,
-        "conv4d_impl": "auto",  # auto | loop | stack_input | stack_output (same result)
-    },
-    "fe_finetune": 0,  # last backbone blocks to fine-tune (reference --fe_finetune_params, default 0)
-    "data": {
-        "root": "data",
-        # pair lists: a weak-pairs split of weakalign.data.registry (train, val, pf-pascal,
-        # pf-pascal-paper) or {csv: path, image_root: folder}
-        "train": "train",
-        "val": "val",
-        "max_train_pairs": 0,  # 0 = all (the same pairs as train_weak: same seed, same key)
-        "max_val_pairs": 0,
-        "use_flip": True,  # honour the flip column (both images mirrored)
-    },
-    "loss": {"normalization": "softmax"},  # softmax (reference) | l1 | none
-    "cache_features": True,  # frozen backbone: features of every distinct image computed once
-    "cache_dir": "data/cache/features",
-    "batch_size": 16,
-    "schedule": [{"epochs": 2, "lr": 1.0e-3}],  # reference: 5 epochs at 5e-4 (docs/ncnet.md)
-    "weight_decay": 0.0,
+@dataclass(frozen=True)
+class NCNetModel(Block):
+    """Backbone and neighbourhood-consensus network of NCNet."""
+
+    backbone: str = "efficientnet_lite0"  # a name of weakalign.models.backbones (reference: resnet101)
+    backbone_weights: str = "imagenet"
+    image_size: tuple[int, int] = (240, 240)  # 15 x 15 features at stride 16 (reference: 400 x 400, 25 x 25)
+    # reference PF-PASCAL model: [5, 5, 5] / [16, 16, 1]; [3, 3] / [16, 1] is the reference's
+    # InLoc/IVD model and what fits the 2-core CPU budget (docs/ncnet.md)
+    kernel_sizes: tuple[int, ...] = (3, 3)
+    channels: tuple[int, ...] = (16, 1)
+    symmetric: bool = True
+    conv4d_impl: str = "auto"  # auto | loop | stack_input | stack_output (same result)
+
+
+@dataclass(frozen=True)
+class NCNetData(Block):
+    """Training and held-out pair lists (the same pairs as ``train_weak``: same seed, same key)."""
+
+    root: str = "data"
+    # pair lists: a weak-pairs split of weakalign.data.registry (train, val, pf-pascal,
+    # pf-pascal-paper) or {csv: path, image_root: folder}
+    train: ListSpec = "train"
+    val: ListSpec = "val"
+    max_train_pairs: int = 0  # 0 = all (the same pairs as train_weak: same seed, same key)
+    max_val_pairs: int = 0
+    use_flip: bool = True  # honour the flip column (both images mirrored)
+
+
+@dataclass(frozen=True)
+class NCNetLoss(Block):
+    normalization: str = "softmax"  # softmax (reference) | l1 | none
+
+
+@dataclass(frozen=True)
+class TrainNCNet(Block):
+    """The ``train_ncnet:`` block: its field defaults are the defaults (the CPU-sized ``default``
+    profile; ``docs/ncnet.md`` says why)."""
+
+    seed: int = 1
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N (weakalign/devices.py)
+    amp: str = "none"  # backbone mixed precision: none | bf16 | fp16 (fp16 only with a frozen backbone)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    model: NCNetModel = field(default_factory=NCNetModel)
+    fe_finetune: int = 0  # last backbone blocks to fine-tune (reference --fe_finetune_params, default 0)
+    data: NCNetData = field(default_factory=NCNetData)
+    loss: NCNetLoss = field(default_factory=NCNetLoss)
+    cache_features: bool = True  # frozen backbone: features of every distinct image computed once
+    cache_dir: str = "data/cache/features"
+    batch_size: int = 16
+    schedule: tuple[Phase, ...] = (Phase(epochs=2, lr=1.0e-3),)  # reference: 5 epochs at 5e-4 (docs/ncnet.md)
+    weight_decay: float = 0.0
     # heldout_weak_loss: weak loss on the even rows of data.val (the reference keeps the best
     # validation loss); last_epoch: no selection
-    "selection": "heldout_weak_loss",
-    "num_workers": 0,
-    "checkpoint_every": 10,
-    "outputs": {
-        "checkpoint": "models/ncnet.pt",
-        "state": "models/state/train_ncnet.pt",
-        "metrics": "reports/metrics/train_ncnet.json",
-        "plot": "reports/plots/train_ncnet.csv",
-        "steps_plot": "reports/plots/train_ncnet_steps.csv",
-    },
-}
+    selection: str = "heldout_weak_loss"
+    num_workers: int = 0
+    checkpoint_every: int = 10
+    outputs: Outputs = field(default_factory=lambda: Outputs.of_run("models/ncnet.pt", "train_ncnet"))
+    profile: str = field(default="default", metadata=RESOLVED)  # the profile it was resolved with
+
+
+#: The defaults as a dict (derived from :class:`TrainNCNet`; read-only use).
+NCNET_DEFAULTS: dict = defaults_of(TrainNCNet)
 
 SELECTIONS = ("heldout_weak_loss", "last_epoch")
 NORMALIZATIONS = ("softmax", "l1", "none")
@@ -73,16 +94,15 @@ def _user_error(msg: str) -> Exception:
     return UserError(msg)
 
 
-def resolve_ncnet(doc: dict, where: str = "params.yaml", profile: str | None = None, overrides: dict | None = None) -> dict:
+def resolve_ncnet(doc: dict, where: str = "params.yaml", profile: str | None = None, overrides: dict | None = None) -> TrainNCNet:
     """Effective ``train_ncnet`` parameters (module docstring; rules of
-    :func:`weakalign.config.resolve_block`); carries ``_profile``."""
-    from ..config import resolve_block, validate_block
+    :func:`weakalign.config.resolve_block`), as :class:`TrainNCNet` with the profile used."""
+    from ..config import resolve_block, typed, validate_block
 
     cfg, profile = resolve_block(BLOCK, doc, where, profile, validate=False)
     cfg = merge(cfg, overrides or {}, "--set")
     validate_block(BLOCK, cfg)
-    cfg["_profile"] = profile
-    return cfg
+    return typed(TrainNCNet, cfg, BLOCK, profile=profile)
 
 
 def validate(cfg: dict) -> None:
@@ -113,7 +133,7 @@ def validate(cfg: dict) -> None:
         raise _user_error(f"{BLOCK}.fe_finetune must be >= 0")
 
 
-def config_from_file(params: str | None = None, profile: str | None = None, sets: list[str] | None = None) -> dict:
+def config_from_file(params: str | None = None, profile: str | None = None, sets: list[str] | None = None) -> TrainNCNet:
     """``resolve_ncnet`` of a params file (default: the project's ``params.yaml``)."""
     doc, path = read_params_file(params)
     return resolve_ncnet(doc, where=str(path), profile=profile, overrides=parse_set(sets))
@@ -122,8 +142,8 @@ def config_from_file(params: str | None = None, profile: str | None = None, sets
 def _register() -> None:
     from ..config import BlockSchema, register
 
-    register(BLOCK, BlockSchema(lambda: NCNET_DEFAULTS, frozenset({("data", "train"), ("data", "val")}),
-                                validate=lambda block, cfg: validate(cfg)))
+    register(BLOCK, BlockSchema(lambda: defaults_of(TrainNCNet), frozenset({("data", "train"), ("data", "val")}),
+                                validate=lambda block, cfg: validate(cfg), cls=TrainNCNet))
 
 
 _register()

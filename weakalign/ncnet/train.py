@@ -36,7 +36,8 @@ from ..training.weak import load_pair_image
 from .checkpoints import save_ncnet_checkpoint
 from .loss import matching_score, weak_loss
 from .model import NCNet, NCNetConfig
-from .params import fingerprint
+from ..config import as_block
+from .params import BLOCK, NCNetLoss, TrainNCNet, fingerprint
 
 
 def _user_error(msg):
@@ -74,16 +75,16 @@ class _UniqueImages(torch.utils.data.Dataset):
         return {"image": load_pair_image(self.image_root / rel, flip, self.size)}
 
 
-def pair_features(ctx, model: NCNet, records, image_root, size, use_flip: bool, cfg: dict, backbone_fp: str, progress: bool, what: str):
+def pair_features(ctx, model: NCNet, records, image_root, size, use_flip: bool, cfg: TrainNCNet, backbone_fp: str, progress: bool, what: str):
     """``((rel_path, flip) -> row, features N x C x h x w)`` for every image of ``records``,
     from the cache when it holds exactly these images, backbone and size."""
     keys = list(dict.fromkeys(_image_key(p, r.flip, use_flip) for r in records for p in (r.source, r.target)))
     key = {"what": "ncnet-features", "backbone": backbone_fp, "l2norm": bool(model.config.normalize_features),
            "image_size": list(size), "root": str(image_root), "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
-    if cfg["amp"] != "none":  # features made under autocast never mix with float32 ones
-        key["amp"] = cfg["amp"]
-    obj = cached(ctx, cache_path(cfg["cache_dir"], "ncnet", key), key, lambda: extract_features(
-        model, _UniqueImages(keys, image_root, size), ("image",), int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device,
+    if cfg.amp != "none":  # features made under autocast never mix with float32 ones
+        key["amp"] = cfg.amp
+    obj = cached(ctx, cache_path(cfg.cache_dir, "ncnet", key), key, lambda: extract_features(
+        model, _UniqueImages(keys, image_root, size), ("image",), int(cfg.batch_size), int(cfg.num_workers), ctx.device,
         f"features {what}", progress))
     return {k: i for i, k in enumerate(keys)}, obj["image"]
 
@@ -130,7 +131,7 @@ class NCPairs(torch.utils.data.Dataset):
 class NCStep(nn.Module):
     """batch -> weak loss (negatives: the batch's sources rolled by one, as in the reference)."""
 
-    def __init__(self, model: NCNet, device, normalization: str = "softmax"):
+    def __init__(self, model: NCNet, device, normalization: str = NCNetLoss.normalization):
         super().__init__()
         self.model, self.device, self.normalization = model, device, normalization
 
@@ -179,13 +180,13 @@ class NCTask(engine.Task):
     def __init__(self, model, step, train_dataset, val_dataset, ctx, cfg):
         self.model, self.step_module, self.train_dataset = model, step, train_dataset
         self.val_dataset, self.ctx, self.cfg = val_dataset, ctx, cfg
-        self.selection_mode = "last" if cfg["selection"] == "last_epoch" else "min"
+        self.selection_mode = "last" if cfg.selection == "last_epoch" else "min"
 
     def set_train_mode(self):
         self.model.train()  # the backbone stays in eval mode (NCNet.train)
 
     def validate(self):
-        s = heldout_scores(self.step_module, self.val_dataset, self.ctx, int(self.cfg["batch_size"]))
+        s = heldout_scores(self.step_module, self.val_dataset, self.ctx, int(self.cfg.batch_size))
         return {"value": s["loss"], "val_score_pos": s["score_pos"], "val_score_neg": s["score_neg"]}
 
 
@@ -193,14 +194,14 @@ class NCTask(engine.Task):
 # entry point
 # ---------------------------------------------------------------------------------------------
 
-def model_config(cfg: dict) -> NCNetConfig:
-    m = cfg["model"]
-    return NCNetConfig(backbone=m["backbone"], image_size=tuple(int(v) for v in m["image_size"]),
-                       kernel_sizes=tuple(int(k) for k in m["kernel_sizes"]), channels=tuple(int(c) for c in m["channels"]),
-                       symmetric=bool(m["symmetric"]), conv4d_impl=str(m["conv4d_impl"]))
+def model_config(cfg: TrainNCNet) -> NCNetConfig:
+    m = cfg.model
+    return NCNetConfig(backbone=m.backbone, image_size=tuple(int(v) for v in m.image_size),
+                       kernel_sizes=tuple(int(k) for k in m.kernel_sizes), channels=tuple(int(c) for c in m.channels),
+                       symmetric=bool(m.symmetric), conv4d_impl=str(m.conv4d_impl))
 
 
-def build_training_model(cfg: dict, backbone_factory=None) -> NCNet:
+def build_training_model(cfg: TrainNCNet, backbone_factory=None) -> NCNet:
     """The untrained NCNet of a ``train_ncnet`` config (backbone weights from the registry)."""
     from ..models.backbones import BackboneWeightsMismatch, BackboneWeightsNotFound
 
@@ -208,33 +209,37 @@ def build_training_model(cfg: dict, backbone_factory=None) -> NCNet:
     try:
         if backbone_factory is not None:
             return NCNet(config, backbone=backbone_factory())
-        return NCNet(config, backbone_weights=cfg["model"]["backbone_weights"])
+        return NCNet(config, backbone_weights=cfg.model.backbone_weights)
     except (BackboneWeightsNotFound, BackboneWeightsMismatch) as exc:
         raise _user_error(f"train_ncnet.model.backbone {config.backbone!r}: {exc}") from exc
     except ValueError as exc:
         raise _user_error(f"train_ncnet.model: {exc}") from exc
 
 
-def train_ncnet(cfg: dict, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
+def train_ncnet(cfg: TrainNCNet | dict, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
                 backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
-    """Train NCNet with the weak loss (see the module docstring); returns the metrics dict."""
+    """Train NCNet with the weak loss (see the module docstring); returns the metrics dict.
+
+    ``cfg``: the resolved ``train_ncnet`` block (:func:`weakalign.ncnet.params.resolve_ncnet`; a
+    complete dict is checked and converted by :func:`weakalign.config.as_block`)."""
+    cfg = as_block(BLOCK, cfg)
     t0 = time.perf_counter()
     with engine.distributed_context(cfg, ctx, key="train_ncnet.device") as ctx:
         return _train(cfg, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
 
 
 def _train(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0):
-    from ..data.atomic import write_json
+    from ..atomic import write_json
 
-    outs = {k: engine.resolve_path(v) for k, v in cfg["outputs"].items()}
-    data, seed = cfg["data"], int(cfg["seed"])
-    use_flip = bool(data["use_flip"])
+    outs = {k: engine.resolve_path(v) for k, v in cfg.outputs.to_dict().items()}
+    data, seed = cfg.data, int(cfg.seed)
+    use_flip = bool(data.use_flip)
 
-    train_recs, train_root = pair_list(data["train"], data["root"], "train_ncnet.data.train", use_flip)
-    val_recs, val_root = pair_list(data["val"], data["root"], "train_ncnet.data.val", use_flip)
+    train_recs, train_root = pair_list(data.train, data.root, "train_ncnet.data.train", use_flip)
+    val_recs, val_root = pair_list(data.val, data.root, "train_ncnet.data.val", use_flip)
     # the same seeded subsets as train_weak (same keys): both methods see the same pairs
-    train_recs = [train_recs[i] for i in subsample(len(train_recs), int(data["max_train_pairs"]), seed, "weak-train-pairs")]
-    val_recs = [val_recs[i] for i in subsample(len(val_recs), int(data["max_val_pairs"]), seed, "weak-val-pairs")]
+    train_recs = [train_recs[i] for i in subsample(len(train_recs), int(data.max_train_pairs), seed, "weak-train-pairs")]
+    val_recs = [val_recs[i] for i in subsample(len(val_recs), int(data.max_val_pairs), seed, "weak-val-pairs")]
     sel_recs, report_recs = val_recs[0::2], val_recs[1::2]
     if len(train_recs) < 2 or len(sel_recs) < 2 or len(report_recs) < 2:
         raise _user_error(f"train_ncnet: need >= 2 training pairs and >= 4 held-out pairs (have {len(train_recs)}, {len(val_recs)})")
@@ -242,39 +247,39 @@ def _train(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0)
     check_images([val_root / p for r in val_recs for p in (r.source, r.target)], "train_ncnet.data.val")
 
     engine.seed_everything(seed)
-    model = set_backbone_amp(build_training_model(cfg, backbone_factory).to(ctx.device), cfg["amp"])
-    trains = model.set_finetune(int(cfg["fe_finetune"]))
+    model = set_backbone_amp(build_training_model(cfg, backbone_factory).to(ctx.device), cfg.amp)
+    trains = model.set_finetune(int(cfg.fe_finetune))
     size = tuple(model.config.image_size)
     bb_fp = module_fingerprint(model.feature_extraction)
     feat_hw = model.feature_size()
 
-    cache = bool(cfg["cache_features"]) and model.backbone_frozen
+    cache = bool(cfg.cache_features) and model.backbone_frozen
     train_feats = pair_features(ctx, model, train_recs, train_root, size, use_flip, cfg, bb_fp, progress, "ncnet train pairs") if cache else None
     val_feats = pair_features(ctx, model, val_recs, val_root, size, use_flip, cfg, bb_fp, progress, "ncnet held-out pairs") if cache else None
     train_ds = NCPairs(train_recs, train_root, size, use_flip, train_feats)
     sel_ds = NCPairs(sel_recs, val_root, size, use_flip, val_feats, with_negative=True)
     report_ds = NCPairs(report_recs, val_root, size, use_flip, val_feats, with_negative=True)
 
-    step = NCStep(model, ctx.device, cfg["loss"]["normalization"])
-    bs = int(cfg["batch_size"])
+    step = NCStep(model, ctx.device, cfg.loss.normalization)
+    bs = int(cfg.batch_size)
     before = heldout_scores(step, report_ds, ctx, bs)
 
     task = NCTask(model, step, train_ds, sel_ds, ctx, cfg)
     digest = lambda recs: paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in recs)  # noqa: E731
     fp = fingerprint(cfg, {"backbone": bb_fp, "train": digest(train_recs), "val": digest(val_recs)})
     selection = {
-        "criterion": cfg["selection"],
+        "criterion": cfg.selection,
         "uses_keypoints": False,
         "description": {
             "heldout_weak_loss": "NCNet weak loss on the even rows of the held-out pair list (the reference keeps the best validation loss); no keypoints",
             "last_epoch": "no selection: weights after the last epoch",
-        }[cfg["selection"]],
+        }[cfg.selection],
     }
-    meta = {"stage": "train-ncnet", "profile": cfg["_profile"], "selection": selection, "loss": dict(cfg["loss"]),
+    meta = {"stage": "train-ncnet", "profile": cfg.profile, "selection": selection, "loss": cfg.loss.to_dict(),
             "train_parts": trains, "params_fingerprint": fp}
     fit_cfg = engine.FitConfig(
-        seed=seed, batch_size=bs, schedule=cfg["schedule"], weight_decay=float(cfg["weight_decay"]),
-        num_workers=int(cfg["num_workers"]), checkpoint_every=int(cfg["checkpoint_every"]), state_path=outs["state"],
+        seed=seed, batch_size=bs, schedule=cfg.schedule, weight_decay=float(cfg.weight_decay),
+        num_workers=int(cfg.num_workers), checkpoint_every=int(cfg.checkpoint_every), state_path=outs["state"],
         fingerprint=fp, meta=meta, desc="train-ncnet", resume=resume, max_steps=max_steps, progress=progress, on_step=on_step,
     )
     state = engine.fit(task, fit_cfg, ctx)
@@ -283,7 +288,7 @@ def _train(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0)
     epochs = len(state["history"])
     metrics = {
         "stage": "train-ncnet",
-        "profile": cfg["_profile"],
+        "profile": cfg.profile,
         "model": model.config.to_dict(),
         "feature_size": list(feat_hw),
         "train_parts": trains,
@@ -303,7 +308,7 @@ def _train(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0)
         "seconds": round(time.perf_counter() - t0, 1),
         "training_seconds": round(state["elapsed"], 1),
         "params_fingerprint": fp,
-        "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
+        "config": cfg.to_dict(),
     }
     if ctx.main:
         save_ncnet_checkpoint(outs["checkpoint"], model, meta={**meta, "metrics": metrics})

@@ -55,7 +55,7 @@ def run_parity(reference_dir, ncnet_reference_dir=None, out="reports/parity", da
         ncnet = open_checkout(ncnet_reference_dir, "ncnet", "--ncnet-reference-dir") if ncnet_reference_dir else None
     except ReferenceCheckoutError as exc:
         raise UserError(str(exc)) from exc
-    from ..data.atomic import check_dir_writable
+    from ..atomic import check_dir_writable
 
     check_dir_writable(out, "choose another folder with --out")  # before minutes of work
     pf_dir = _pf_willow_dir(data_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.atomic import write_text
+from ..atomic import write_text
 
 
 def subset_rows(n_rows: int, n: int) -> list[int]:

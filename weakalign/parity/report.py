@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from ..data.atomic import ensure_dir, write_json, write_text
+from ..atomic import ensure_dir, write_json, write_text
 
 
 def versions() -> dict:

@@ -50,20 +50,24 @@ def stage_options(p: argparse.ArgumentParser, stage) -> None:
     _common(p)
 
 
-def block_config(args, block: str, variant=None) -> dict:
-    """The resolved ``block`` of ``args.params`` under ``args.profile`` and ``args.set_``, with
-    a ``_profile`` entry: :func:`weakalign.training.params.resolve` for ``train_strong`` /
-    ``train_weak`` (and a ``train_weak`` ``variant``), :func:`weakalign.config.resolve_block` for
-    any other block registered in :mod:`weakalign.config` (a third method's)."""
-    from ..config import resolve_block
+def block_config(args, block: str, variant=None):
+    """The resolved ``block`` of ``args.params`` under ``args.profile`` and ``args.set_``, as the
+    block's dataclass (with the profile used): :func:`weakalign.training.params.resolve` for
+    ``train_strong`` / ``train_weak`` (and a ``train_weak`` ``variant``),
+    :func:`weakalign.config.resolve_block` for any other block registered in
+    :mod:`weakalign.config` (a third method's; a block registered without a dataclass stays a
+    dict with a ``_profile`` entry)."""
+    from ..config import resolve_block, schema, typed_block
     from .params import BLOCKS, parse_set, read_params_file, resolve
 
     doc, path = read_params_file(args.params)
     if block in BLOCKS:
         return resolve(block, doc, where=str(path), profile=args.profile, variant=variant, overrides=parse_set(args.set_))
     cfg, profile = resolve_block(block, doc, str(path), args.profile, extra=[("--set", parse_set(args.set_))])
-    cfg["_profile"] = profile
-    return cfg
+    if schema(block).cls is None:
+        cfg["_profile"] = profile
+        return cfg
+    return typed_block(block, cfg, profile=profile)
 
 
 def fit_options(args) -> dict:

@@ -89,14 +89,14 @@ class DistContext:
 
 
 @contextmanager
-def distributed_context(cfg: dict, ctx: DistContext | None = None, key: str = "device"):
+def distributed_context(cfg, ctx: DistContext | None = None, key: str = "device"):
     """``ctx`` when the caller passes one (and keeps owning it); otherwise a new context from
-    ``cfg["device"]`` / ``cfg["threads"]`` (:func:`setup_distributed`; ``key`` names the params
+    ``cfg.device`` / ``cfg.threads`` (:func:`setup_distributed`; ``key`` names the params
     key in errors, e.g. ``train_strong.device``), closed on exit."""
     if ctx is not None:
         yield ctx
         return
-    ctx = setup_distributed(cfg["device"], int(cfg["threads"]), key=key)
+    ctx = setup_distributed(cfg.device, int(cfg.threads), key=key)
     try:
         yield ctx
     finally:
@@ -247,7 +247,7 @@ class Task:
 class FitConfig:
     seed: int
     batch_size: int
-    schedule: list
+    schedule: tuple  # of weakalign.training.params.Phase (a list of {epochs, lr} dicts is accepted: phases())
     weight_decay: float
     num_workers: int
     checkpoint_every: int
@@ -261,10 +261,22 @@ class FitConfig:
     on_step: Callable | None = None  # on_step(state) after every step (tests)
 
 
-def _phase_table(schedule: list) -> list[int]:
+def phases(schedule) -> tuple:
+    """``schedule`` as :class:`weakalign.training.params.Phase` objects (a plugin's or a script's
+    ``[{epochs, lr[, restart_from_best]}]`` list is checked like a params file's)."""
+    from ..config import typed
+    from .params import Phase, check_schedule
+
+    if all(isinstance(p, Phase) for p in schedule):
+        return tuple(schedule)
+    check_schedule("schedule", [p.to_dict() if isinstance(p, Phase) else p for p in schedule])
+    return tuple(p if isinstance(p, Phase) else typed(Phase, p, "schedule") for p in schedule)
+
+
+def _phase_table(schedule) -> list[int]:
     table = []
-    for p, ph in enumerate(schedule):
-        table += [p] * int(ph["epochs"])
+    for p, ph in enumerate(phases(schedule)):
+        table += [p] * int(ph.epochs)
     return table
 
 
@@ -358,8 +370,8 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
     from ..models.checkpoints import safe_load, save_checkpoint
 
     model = task.model
-    phases = cfg.schedule
-    phase_of = _phase_table(phases)
+    schedule = phases(cfg.schedule)
+    phase_of = _phase_table(schedule)
     total_epochs = len(phase_of)
     if cfg.batch_size % ctx.world_size:
         from weakalign.cli import UserError
@@ -395,10 +407,10 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
 
     def start_phase(p: int):
         nonlocal optimizer, scheduler
-        ph = phases[p]
-        if ph.get("restart_from_best") and best_sd is not None:
+        ph = schedule[p]
+        if ph.restart_from_best and best_sd is not None:
             model.load_state_dict(best_sd)
-        optimizer = _make_optimizer(task.trainable_parameters(), float(ph["lr"]), float(cfg.weight_decay))
+        optimizer = _make_optimizer(task.trainable_parameters(), float(ph.lr), float(cfg.weight_decay))
         scheduler = _make_scheduler(optimizer)
         state["phase_started"] = p
 
@@ -406,7 +418,7 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
     if state["epoch"] < total_epochs:
         p = phase_of[state["epoch"]]
         if ckpt is not None and state["phase_started"] == p:
-            optimizer = _make_optimizer(task.trainable_parameters(), float(phases[p]["lr"]), float(cfg.weight_decay))
+            optimizer = _make_optimizer(task.trainable_parameters(), float(schedule[p].lr), float(cfg.weight_decay))
             scheduler = _make_scheduler(optimizer)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -487,7 +499,7 @@ def fit(task: Task, cfg: FitConfig, ctx: DistContext) -> dict:
                     save_checkpoint(cfg.state_path.with_name(best["file"]), model, meta=cfg.meta)
             train_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_count"])
             state["history"].append({
-                "epoch": e + 1, "step": state["global_step"], "phase": p, "lr": float(phases[p]["lr"]),
+                "epoch": e + 1, "step": state["global_step"], "phase": p, "lr": float(schedule[p].lr),
                 "train_seconds": round(elapsed0 + time.perf_counter() - t_start, 2),
                 "train_loss": train_loss, task.selection_name: value,
                 **{k: float(v) for k, v in val.items() if k != "value"},
@@ -540,7 +552,7 @@ def write_curves(state: dict, selection_name: str, epoch_csv: str | Path | None,
     ``minutes``: wall-clock minutes since the stage started, i.e. ``minutes_offset`` (time spent
     before the first step, e.g. caching features) plus the training time at the epoch's end)
     and per step (step, epoch, train_loss)."""
-    from ..data.atomic import write_csv
+    from ..atomic import write_csv
 
     if epoch_csv:
         hist = state["history"]

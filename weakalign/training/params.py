@@ -25,142 +25,213 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
-STRONG_DEFAULTS: dict = {
-    "seed": 1,
-    "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N (weakalign/devices.py)
+from ..config import OMIT_DEFAULT, RESOLVED, Block, defaults_of
+
+#: An image or pair list: a split name of :mod:`weakalign.data.registry` (``data/splits/...``)
+#: or ``{csv: path, image_root: folder the csv entries are relative to}``.
+ListSpec = Union[str, dict]
+
+
+@dataclass(frozen=True)
+class Phase(Block):
+    """One phase of a ``schedule``: ``epochs`` at learning rate ``lr``; ``restart_from_best``
+    reloads the best weights so far with a fresh optimiser (the reference's second run:
+    ``--model best ... --lr 2e-4``)."""
+
+    epochs: int = 1
+    lr: float = 1.0e-3
+    restart_from_best: bool = field(default=False, metadata=OMIT_DEFAULT)
+
+
+@dataclass(frozen=True)
+class Outputs(Block):
+    """Where a training run writes (``{model}`` / ``{variant}`` filled in by the command)."""
+
+    checkpoint: str = ""
+    state: str = ""
+    metrics: str = ""
+    plot: str = ""
+    steps_plot: str = ""
+
+    @classmethod
+    def of_run(cls, checkpoint: str, run: str, folder: str = "") -> "Outputs":
+        """The suite's layout for a run named ``run``: ``models/state/<run>.pt``,
+        ``reports/metrics/<folder><run>.json``, ``reports/plots/<folder><run>.csv`` and
+        ``..._steps.csv``."""
+        return cls(checkpoint, f"models/state/{run}.pt", f"reports/metrics/{folder}{run}.json",
+                   f"reports/plots/{folder}{run}.csv", f"reports/plots/{folder}{run}_steps.csv")
+
+
+@dataclass(frozen=True)
+class RegressorModel(Block):
+    """Backbone and regression head of a CNNGeometric stage."""
+
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str = "imagenet"
+    image_size: tuple[int, int] = (240, 240)
+    kernel_sizes: tuple[int, ...] = (7, 5)
+    channels: tuple[int, ...] = (128, 64)
+
+
+@dataclass(frozen=True)
+class StrongData(Block):
+    """Photos and the synthetic pair generator (reference: SynthDataset + SynthPairTnf)."""
+
+    root: str = "data"
+    # image lists: a split name of weakalign.data.registry (data/splits/...) or
+    # {csv: path, image_root: folder the csv entries are relative to}
+    train: ListSpec = "strong_train"
+    val: ListSpec = "strong_val"
+    max_train_images: int = 0  # 0 = all
+    max_val_images: int = 0
+    load_size: tuple[int, int] = (480, 640)  # every photo is first resized to this (h, w)
+    padding_factor: float = 0.5  # symmetric (mirror) padding
+    crop_factor: float = 0.5625  # 9/16 central crop
+    random_t: float = 0.5
+    random_s: float = 0.5
+    random_alpha: float = 1.0 / 6.0
+    random_t_tps: float = 0.4
+
+
+def _strong_schedule() -> tuple:
+    return (Phase(epochs=3, lr=1.0e-3), Phase(epochs=1, lr=2.0e-4, restart_from_best=True))
+
+
+@dataclass(frozen=True)
+class TrainStrong(Block):
+    """The ``train_strong:`` block: its field defaults are the defaults (the one place)."""
+
+    seed: int = 1
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N (weakalign/devices.py)
     # mixed precision of the backbone only: none | bf16 | fp16 (weakalign/devices.py)
-    "amp": "none",
-    "threads": 0,  # torch intra-op threads; 0 = torch's default (divided among local DDP ranks)
-    "model": {
-        "backbone": "efficientnet_lite0",
-        "backbone_weights": "imagenet",
-        "image_size": [240, 240],
-        "kernel_sizes": [7, 5],
-        "channels": [128, 64],
-    },
-    "data": {
-        "root": "data",
-        # image lists: a split name of weakalign.data.registry (data/splits/...) or
-        # {csv: path, image_root: folder the csv entries are relative to}
-        "train": "strong_train",
-        "val": "strong_val",
-        "max_train_images": 0,  # 0 = all
-        "max_val_images": 0,
-        # synthetic pair generation (reference: SynthDataset + SynthPairTnf)
-        "load_size": [480, 640],  # every photo is first resized to this (h, w)
-        "padding_factor": 0.5,  # symmetric (mirror) padding
-        "crop_factor": 0.5625,  # 9/16 central crop
-        "random_t": 0.5,
-        "random_s": 0.5,
-        "random_alpha": 1.0 / 6.0,
-        "random_t_tps": 0.4,
-    },
+    amp: str = "none"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (divided among local DDP ranks)
+    model: RegressorModel = field(default_factory=RegressorModel)
+    data: StrongData = field(default_factory=StrongData)
     # fixed: pairs_per_image seeded random transformations per photo, drawn once (the reference's
     #        default: a fixed CSV of random transformations); backbone features precomputed.
     # random: new random transformations every epoch (reference --random-sample 1); the frozen
     #         backbone runs at every step.
-    "pairs": "fixed",
+    pairs: str = "fixed"
     # model selection: heldout_split = best epoch on the even rows of data.val, the odd rows
     # report (never select); reference = best epoch on every row of data.val, as the original
     # train_strong.py did with its synthetic test.csv (the paper profile: the original's VOC list)
-    "selection": "heldout_split",
-    "pairs_per_image": 2,  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
+    selection: str = "heldout_split"
+    pairs_per_image: int = 2  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
     # probability of mirroring a cached training pair left-right (features flipped, theta
     # mirrored: weakalign/training/mirror.py); 0 = the reference (no mirroring). pairs: fixed only.
-    "mirror_prob": 0.0,
-    "cache_dir": "data/cache/features",
-    "batch_size": 16,  # global batch (divided among DDP ranks)
-    # phases run one after the other; restart_from_best reloads the best weights so far with a
-    # fresh optimiser (the reference's second run: --model best ... --lr 2e-4)
-    "schedule": [{"epochs": 3, "lr": 1.0e-3}, {"epochs": 1, "lr": 2.0e-4, "restart_from_best": True}],
-    "weight_decay": 0.0,
-    "num_workers": 0,
-    "checkpoint_every": 100,  # steps between training-state checkpoints (and every epoch end)
-    "outputs": {
-        "checkpoint": "models/strong_{model}.pt",
-        "state": "models/state/train_strong_{model}.pt",
-        "metrics": "reports/metrics/train_strong_{model}.json",
-        "plot": "reports/plots/train_strong_{model}.csv",
-        "steps_plot": "reports/plots/train_strong_{model}_steps.csv",
-    },
-}
+    mirror_prob: float = 0.0
+    cache_dir: str = "data/cache/features"
+    batch_size: int = 16  # global batch (divided among DDP ranks)
+    # phases run one after the other (Phase)
+    schedule: tuple[Phase, ...] = field(default_factory=_strong_schedule)
+    weight_decay: float = 0.0
+    num_workers: int = 0
+    checkpoint_every: int = 100  # steps between training-state checkpoints (and every epoch end)
+    outputs: Outputs = field(default_factory=lambda: Outputs.of_run("models/strong_{model}.pt", "train_strong_{model}"))
+    profile: str = field(default="default", metadata=RESOLVED)  # the profile it was resolved with
 
-WEAK_DEFAULTS: dict = {
-    "seed": 1,
-    "device": "auto",
-    "amp": "none",  # bf16 when a gradient passes through the backbone (fp16 is refused there)
-    "threads": 0,
-    "init": {"affine": "models/strong_affine.pt", "tps": "models/strong_tps.pt"},
-    "data": {
-        "root": "data",
-        # pair lists: a weak-pairs split of weakalign.data.registry (train, val, pf-pascal,
-        # pf-pascal-paper) or {csv: path, image_root: folder}
-        "train": "train",
-        "val": "val",
-        "max_train_pairs": 0,
-        "max_val_pairs": 0,
-        "use_flip": True,  # honour the flip column (both images mirrored)
-        "random_crop": False,  # reference: True (each image cropped to a random 50-100% box)
-    },
+
+@dataclass(frozen=True)
+class WeakInit(Block):
+    """The strong checkpoints the weak stage starts from."""
+
+    affine: str = "models/strong_affine.pt"
+    tps: str = "models/strong_tps.pt"
+
+
+@dataclass(frozen=True)
+class WeakData(Block):
+    """Training and held-out pair lists of the weak stage."""
+
+    root: str = "data"
+    # pair lists: a weak-pairs split of weakalign.data.registry (train, val, pf-pascal,
+    # pf-pascal-paper) or {csv: path, image_root: folder}
+    train: ListSpec = "train"
+    val: ListSpec = "val"
+    max_train_pairs: int = 0
+    max_val_pairs: int = 0
+    use_flip: bool = True  # honour the flip column (both images mirrored)
+    random_crop: bool = False  # reference: True (each image cropped to a random 50-100% box)
+
+
+@dataclass(frozen=True)
+class WeakLoss(Block):
+    """The soft-inlier count (:class:`weakalign.losses.inlier.InlierLoss`)."""
+
+    tolerance: int = 0
+    shape: str = "square"
+    mask: str = "identity"  # identity | none (ablation: no inlier mask)
+    normalize: bool = True
+    offset_factor: float = 227.0 / 210.0
+    tps_reg_factor: float = 0.2
+    # how the two-stage count composes affine and TPS (weakalign/losses/inlier.py):
+    # reference = the original's ComposedGeometricTnf (weakalign parity: equal within 2e-8);
+    # analytic = this project's earlier closed form (differs at the border by ~1e-3)
+    composition: str = "reference"
+
+
+def _weak_variants() -> dict:
+    return {
+        "no_mask": {"label": "no inlier mask", "loss": {"mask": "none"}},
+        "tolerance_1": {"label": "inlier mask, tolerance 1", "loss": {"tolerance": 1}},
+        "tolerance_2": {"label": "inlier mask, tolerance 2", "loss": {"tolerance": 2}},
+    }
+
+
+@dataclass(frozen=True)
+class TrainWeak(Block):
+    """The ``train_weak:`` block: its field defaults are the defaults (the one place)."""
+
+    seed: int = 1
+    device: str = "auto"
+    amp: str = "none"  # bf16 when a gradient passes through the backbone (fp16 is refused there)
+    threads: int = 0
+    init: WeakInit = field(default_factory=WeakInit)
+    data: WeakData = field(default_factory=WeakData)
     # regressors: both regression heads; last_blocks: + the last `last_blocks` backbone blocks;
     # all: everything (the reference's default: --train-fe True, fe_finetune_params [''])
-    "train_parts": "regressors",
-    "last_blocks": 1,
-    "update_bn_buffers": False,  # reference default: model.eval() during training
+    train_parts: str = "regressors"
+    last_blocks: int = 1
+    update_bn_buffers: bool = False  # reference default: model.eval() during training
     # reference: the gradient of the stage-2 (TPS) estimate reaches the affine estimate through
     # the backbone's features of the affine-warped source; false runs those features without
     # gradient on a faster frozen copy (CPU budget; needs a frozen backbone)
-    "stage2_backbone_grad": True,
-    "cache_features": True,  # stage-1 features of fixed images when the backbone is frozen
-    "cache_dir": "data/cache/features",
-    "loss": {
-        "tolerance": 0,
-        "shape": "square",
-        "mask": "identity",  # identity | none (ablation: no inlier mask)
-        "normalize": True,
-        "offset_factor": 227.0 / 210.0,
-        "tps_reg_factor": 0.2,
-        # how the two-stage count composes affine and TPS (weakalign/losses/inlier.py):
-        # reference = the original's ComposedGeometricTnf (weakalign parity: equal within 2e-8);
-        # analytic = this project's earlier closed form (differs at the border by ~1e-3)
-        "composition": "reference",
-    },
-    "batch_size": 16,
-    "schedule": [{"epochs": 3, "lr": 5.0e-5}],
-    "weight_decay": 0.0,
+    stage2_backbone_grad: bool = True
+    cache_features: bool = True  # stage-1 features of fixed images when the backbone is frozen
+    cache_dir: str = "data/cache/features"
+    loss: WeakLoss = field(default_factory=WeakLoss)
+    batch_size: int = 16
+    schedule: tuple[Phase, ...] = (Phase(epochs=3, lr=5.0e-5),)
+    weight_decay: float = 0.0
     # heldout_weak_score: mean soft-inlier score on held-out pairs (no keypoints; default)
     # pf_pascal_val_pck: PCK@0.1 on the PF-PASCAL validation pairs (reference code; uses keypoints;
     #                    data.max_val_pairs > 0 keeps that many evenly spaced pairs)
     # reference: the same as pf_pascal_val_pck (the name the paper profile uses in both blocks)
     # last_epoch: no selection
-    "selection": "heldout_weak_score",
-    "num_workers": 0,
-    "checkpoint_every": 20,
-    "label": None,  # human-readable name of the variant (derived from `loss` when null)
-    "variants": {
-        "no_mask": {"label": "no inlier mask", "loss": {"mask": "none"}},
-        "tolerance_1": {"label": "inlier mask, tolerance 1", "loss": {"tolerance": 1}},
-        "tolerance_2": {"label": "inlier mask, tolerance 2", "loss": {"tolerance": 2}},
-    },
-    "outputs": {
-        "checkpoint": "models/weak_affine_tps.pt",
-        "state": "models/state/train_weak.pt",
-        "metrics": "reports/metrics/train_weak.json",
-        "plot": "reports/plots/train_weak.csv",
-        "steps_plot": "reports/plots/train_weak_steps.csv",
-    },
-    "variant_outputs": {
-        "checkpoint": "models/ablations/{variant}.pt",
-        "state": "models/state/train_weak_{variant}.pt",
-        "metrics": "reports/metrics/ablations/train_weak_{variant}.json",
-        "plot": "reports/plots/ablations/train_weak_{variant}.csv",
-        "steps_plot": "reports/plots/ablations/train_weak_{variant}_steps.csv",
-    },
-}
+    selection: str = "heldout_weak_score"
+    num_workers: int = 0
+    checkpoint_every: int = 20
+    label: str | None = None  # human-readable name of the variant (derived from `loss` when null)
+    # name -> overrides of this block (free-form: merged by `train-weak --variant NAME`)
+    variants: dict = field(default_factory=_weak_variants)
+    outputs: Outputs = field(default_factory=lambda: Outputs.of_run("models/weak_affine_tps.pt", "train_weak"))
+    variant_outputs: Outputs = field(default_factory=lambda: Outputs.of_run(
+        "models/ablations/{variant}.pt", "train_weak_{variant}", folder="ablations/"))
+    profile: str = field(default="default", metadata=RESOLVED)  # the profile it was resolved with
+    variant: str = field(default="default", metadata=RESOLVED)  # the train_weak variant (default = main run)
 
-BLOCKS = {"train_strong": STRONG_DEFAULTS, "train_weak": WEAK_DEFAULTS}
+
+CLASSES = {"train_strong": TrainStrong, "train_weak": TrainWeak}
+#: The defaults as dicts (derived from the dataclasses; read-only use).
+STRONG_DEFAULTS: dict = defaults_of(TrainStrong)
+WEAK_DEFAULTS: dict = defaults_of(TrainWeak)
+
+BLOCKS = {"train_strong": STRONG_DEFAULTS, "train_weak": WEAK_DEFAULTS}  # block -> defaults dict
 FREE_FORM = {("variants",), ("data", "train"), ("data", "val"), ("label",)}
 # keys that do not change the trained weights (excluded from the resume fingerprint)
 NON_RESULT_KEYS = {"device", "threads", "num_workers", "checkpoint_every", "outputs", "variant_outputs", "cache_dir", "variants", "label"}
@@ -261,12 +332,13 @@ def parse_set(items: list[str] | None) -> dict:
     return out
 
 
-def resolve(block: str, doc: dict, where: str = "params.yaml", profile: str | None = None, variant: str | None = None, overrides: dict | None = None) -> dict:
+def resolve(block: str, doc: dict, where: str = "params.yaml", profile: str | None = None, variant: str | None = None,
+            overrides: dict | None = None) -> "TrainStrong | TrainWeak":
     """The effective parameters of ``block`` (see the module docstring; the merging, profile and
-    validation rules are :func:`weakalign.config.resolve_block`'s). The result carries
-    ``_profile`` and ``_variant`` entries (never part of the parameters themselves)."""
+    validation rules are :func:`weakalign.config.resolve_block`'s), as its dataclass
+    (:class:`TrainStrong` / :class:`TrainWeak`) with the ``profile`` and ``variant`` used."""
     from ..config import merge as _merge
-    from ..config import resolve_block, validate_block
+    from ..config import resolve_block, typed, validate_block
 
     if block not in BLOCKS:
         raise _user_error(f"unknown training block {block!r} (known: {', '.join(BLOCKS)})")
@@ -283,9 +355,8 @@ def resolve(block: str, doc: dict, where: str = "params.yaml", profile: str | No
         variant = "default"
     cfg = _merge(cfg, overrides or {}, "--set", free)
     validate_block(block, cfg)
-    cfg["_profile"] = profile
-    cfg["_variant"] = variant
-    return cfg
+    extra = {"variant": variant} if block == "train_weak" else {}
+    return typed(CLASSES[block], cfg, block, profile=profile, **extra)
 
 
 def check_values(block: str, cfg, defaults, path: tuple = ()) -> None:
@@ -357,8 +428,11 @@ def _validate(block: str, cfg: dict) -> None:
             raise _user_error(f"train_weak.loss.mask must be identity or none, got {cfg['loss']['mask']!r}")
 
 
-def fingerprint(cfg: dict, extra: dict | None = None) -> str:
-    """Hash of everything that determines the trained weights (for safe resuming)."""
+def fingerprint(cfg, extra: dict | None = None) -> str:
+    """Hash of everything that determines the trained weights (for safe resuming); ``cfg``: a
+    typed block or its dict."""
+    if isinstance(cfg, Block):
+        cfg = cfg.to_dict()
     keep = {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS and not k.startswith("_")}
     if keep.get("amp") == "none":  # float32: the fingerprint of a run from before the option existed
         del keep["amp"]
@@ -367,23 +441,23 @@ def fingerprint(cfg: dict, extra: dict | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def weak_label(cfg: dict) -> str:
+def weak_label(cfg: "TrainWeak") -> str:
     """Human-readable variant label: ``label`` if set, else derived from the loss parameters."""
-    if cfg.get("label"):
-        return str(cfg["label"])
-    loss = cfg["loss"]
-    if loss["mask"] == "none":
+    if cfg.label:
+        return str(cfg.label)
+    loss = cfg.loss
+    if loss.mask == "none":
         return "no inlier mask"
-    shape = "" if loss["shape"] == "square" or int(loss["tolerance"]) == 0 else f" ({loss['shape']})"
-    return f"inlier mask, tolerance {int(loss['tolerance'])}{shape}"
+    shape = "" if loss.shape == "square" or int(loss.tolerance) == 0 else f" ({loss.shape})"
+    return f"inlier mask, tolerance {int(loss.tolerance)}{shape}"
 
 
 def _register() -> None:
     from ..config import BlockSchema, register
 
-    for name, defaults in BLOCKS.items():
+    for name, cls in CLASSES.items():
         free = frozenset(p for p in FREE_FORM if name == "train_weak" or p[0] == "data")
-        register(name, BlockSchema(lambda d=defaults: d, free, validate=_validate))
+        register(name, BlockSchema(lambda c=cls: defaults_of(c), free, validate=_validate, cls=cls))
 
 
 _register()

@@ -32,7 +32,8 @@ from torch import nn
 from ..devices import set_backbone_amp
 from ..losses import TransformedGridLoss
 from . import engine
-from .params import fingerprint
+from ..config import as_block
+from .params import TrainStrong, fingerprint
 from .sources import (
     cache_path,
     cached,
@@ -168,14 +169,14 @@ def _feature_extractor(model, batch_size: int):
     return fast
 
 
-def _build_model(kind: str, cfg: dict, backbone_factory=None):
+def _build_model(kind: str, cfg: TrainStrong, backbone_factory=None):
     from ..models import ModelConfig, build_model
 
-    m = cfg["model"]
-    config = ModelConfig(backbone=m["backbone"], image_size=tuple(m["image_size"]), kernel_sizes=tuple(m["kernel_sizes"]), channels=tuple(m["channels"]))
+    m = cfg.model
+    config = ModelConfig(backbone=m.backbone, image_size=tuple(m.image_size), kernel_sizes=tuple(m.kernel_sizes), channels=tuple(m.channels))
     backbone = backbone_factory() if backbone_factory is not None else None
     try:
-        return build_model(kind, config, backbone_weights=m["backbone_weights"], backbone=backbone)
+        return build_model(kind, config, backbone_weights=m.backbone_weights, backbone=backbone)
     except FileNotFoundError as exc:  # BackboneWeightsNotFound
         from weakalign.cli import UserError
 
@@ -188,30 +189,33 @@ def _pair_features(ctx, model, kind, paths, cfg, tag, backbone_fp, progress, pai
     ``model`` only extracts features here: on the CPU it is the traced, BN-folded copy of
     :func:`weakalign.models.inference.optimize_for_inference` (same features up to round-off,
     about 1.6x faster), so the cache key records which extractor made them."""
-    data, seed = cfg["data"], int(cfg["seed"])
-    out_size = tuple(cfg["model"]["image_size"])
-    geo = {k: data[k] for k in ("load_size", "padding_factor", "crop_factor")}
+    data, seed = cfg.data, int(cfg.seed)
+    out_size = tuple(cfg.model.image_size)
+    geo = {k: getattr(data, k) for k in ("load_size", "padding_factor", "crop_factor")}
     common = {"backbone": backbone_fp, "extractor": getattr(model, "extractor_name", "eager"),
               "image_size": list(out_size), "images": paths_digest(paths), "n": len(paths), **geo}
-    if cfg["amp"] != "none":  # features made under autocast never mix with float32 ones
-        common["amp"] = cfg["amp"]
-    bs, nw, dev = int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device
+    if cfg.amp != "none":  # features made under autocast never mix with float32 ones
+        common["amp"] = cfg.amp
+    bs, nw, dev = int(cfg.batch_size), int(cfg.num_workers), ctx.device
     src_key = {"what": "synthetic-source", **common}
-    src = cached(ctx, cache_path(cfg["cache_dir"], "synth-src", src_key), src_key, lambda: extract_features(
+    src = cached(ctx, cache_path(cfg.cache_dir, "synth-src", src_key), src_key, lambda: extract_features(
         model, SyntheticPairs(paths, kind, data, out_size, seed, tag, source_only=True), ("source_image",), bs, nw, dev,
         f"features {tag} sources", progress))
-    rnd = {k: data[k] for k in ("random_t", "random_s", "random_alpha")} if kind == "affine" else {"random_t_tps": data["random_t_tps"]}
+    rnd = {k: getattr(data, k) for k in ("random_t", "random_s", "random_alpha")} if kind == "affine" else {"random_t_tps": data.random_t_tps}
     tgt_key = {"what": "synthetic-target", "kind": kind, "seed": seed, "tag": tag, "pairs_per_image": pairs_per_image, **rnd, **common}
-    tgt = cached(ctx, cache_path(cfg["cache_dir"], f"synth-tgt-{kind}", tgt_key), tgt_key, lambda: extract_features(
+    tgt = cached(ctx, cache_path(cfg.cache_dir, f"synth-tgt-{kind}", tgt_key), tgt_key, lambda: extract_features(
         model, SyntheticPairs(paths, kind, data, out_size, seed, tag, pairs_per_image=pairs_per_image, target_only=True),
         ("target_image",), bs, nw, dev,
         f"features {tag} {kind} targets", progress))
     return CachedPairs(src["source_image"], tgt["target_image"], tgt["theta"], pairs_per_image)
 
 
-def train_strong(cfg: dict, kind: str, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
+def train_strong(cfg: TrainStrong | dict, kind: str, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
                  backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
     """Train the one-stage ``kind`` model; returns the metrics dict (also written to disk).
+
+    ``cfg``: the resolved ``train_strong`` block (:func:`weakalign.training.params.resolve`; a
+    complete dict is checked and converted by :func:`weakalign.config.as_block`).
 
     ``backbone_factory`` (tests) replaces the registered backbone; ``on_step(state)`` is called
     after every step (tests use it to simulate a crash)."""
@@ -219,23 +223,24 @@ def train_strong(cfg: dict, kind: str, *, resume: str = "never", max_steps: int 
         from weakalign.cli import UserError
 
         raise UserError(f"--model must be affine or tps, got {kind!r}")
+    cfg = as_block("train_strong", cfg)
     t0 = time.perf_counter()
     with engine.distributed_context(cfg, ctx, key="train_strong.device") as ctx:
         return _train_strong(cfg, kind, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
 
 
 def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory, on_step, t0):
-    from ..data.atomic import write_json
+    from ..atomic import write_json
     from ..models.checkpoints import save_checkpoint
 
-    outs = {k: engine.resolve_path(v, model=kind) for k, v in cfg["outputs"].items()}
-    data = cfg["data"]
-    seed = int(cfg["seed"])
-    train_paths = image_list(data["train"], data["root"], "train_strong.data.train")
-    val_paths = image_list(data["val"], data["root"], "train_strong.data.val")
-    train_paths = [train_paths[i] for i in subsample(len(train_paths), int(data["max_train_images"]), seed, "train-images")]
-    val_paths = [val_paths[i] for i in subsample(len(val_paths), int(data["max_val_images"]), seed, "val-images")]
-    reference = cfg["selection"] == "reference"
+    outs = {k: engine.resolve_path(v, model=kind) for k, v in cfg.outputs.to_dict().items()}
+    data = cfg.data
+    seed = int(cfg.seed)
+    train_paths = image_list(data.train, data.root, "train_strong.data.train")
+    val_paths = image_list(data.val, data.root, "train_strong.data.val")
+    train_paths = [train_paths[i] for i in subsample(len(train_paths), int(data.max_train_images), seed, "train-images")]
+    val_paths = [val_paths[i] for i in subsample(len(val_paths), int(data.max_val_images), seed, "val-images")]
+    reference = cfg.selection == "reference"
     # reference: every row selects (the original's test.csv) and the report is on the same rows
     sel_paths, heldout_paths = (val_paths, val_paths) if reference else (val_paths[0::2], val_paths[1::2])
     if not sel_paths or not heldout_paths:
@@ -246,19 +251,19 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     check_images(train_paths + val_paths, "train_strong")
 
     engine.seed_everything(seed)
-    model = set_backbone_amp(_build_model(kind, cfg, backbone_factory).to(ctx.device), cfg["amp"])
+    model = set_backbone_amp(_build_model(kind, cfg, backbone_factory).to(ctx.device), cfg.amp)
     for p in model.feature_extraction.parameters():
         p.requires_grad_(False)
     bb_fp = module_fingerprint(model.feature_extraction)
-    extractor = _feature_extractor(model, int(cfg["batch_size"]))
+    extractor = _feature_extractor(model, int(cfg.batch_size))
 
-    if cfg["pairs"] == "fixed":
-        train_ds = _pair_features(ctx, extractor, kind, train_paths, cfg, "train", bb_fp, progress, int(cfg["pairs_per_image"]))
-        train_ds = train_ds.with_mirroring(float(cfg["mirror_prob"]), seed, model.config.tps_grid_size)
+    if cfg.pairs == "fixed":
+        train_ds = _pair_features(ctx, extractor, kind, train_paths, cfg, "train", bb_fp, progress, int(cfg.pairs_per_image))
+        train_ds = train_ds.with_mirroring(float(cfg.mirror_prob), seed, model.config.tps_grid_size)
     else:
         # workers decode photos; crops and warps are made per batch on the training device
-        train_ds = SyntheticPairs(train_paths, kind, data, tuple(cfg["model"]["image_size"]), seed, "train",
-                                  pairs_per_image=int(cfg["pairs_per_image"]), fresh_each_epoch=True, warp_on_device=True)
+        train_ds = SyntheticPairs(train_paths, kind, data, tuple(cfg.model.image_size), seed, "train",
+                                  pairs_per_image=int(cfg.pairs_per_image), fresh_each_epoch=True, warp_on_device=True)
     val_ds = _pair_features(ctx, extractor, kind, sel_paths, cfg, "val", bb_fp, progress)
     heldout_ds = val_ds if reference else _pair_features(ctx, extractor, kind, heldout_paths, cfg, "heldout", bb_fp, progress)
     del extractor
@@ -268,21 +273,21 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     # not loss.to(device): TransformedGridLoss defines a method named _apply, which shadows
     # nn.Module._apply; move its one buffer by hand
     loss.points = loss.points.to(ctx.device)
-    warp = {"kind": kind, "out_size": tuple(cfg["model"]["image_size"]),
-            "padding_factor": data["padding_factor"], "crop_factor": data["crop_factor"]}
+    warp = {"kind": kind, "out_size": tuple(cfg.model.image_size),
+            "padding_factor": data.padding_factor, "crop_factor": data.crop_factor}
     step = StrongStep(model, loss, ctx.device, warp)
-    task = StrongTask(model, step, train_ds, val_ds, ctx, int(cfg["batch_size"]), heldout_dataset=heldout_ds)
+    task = StrongTask(model, step, train_ds, val_ds, ctx, int(cfg.batch_size), heldout_dataset=heldout_ds)
     fp = fingerprint(cfg, {"kind": kind, "backbone": bb_fp, "train": paths_digest(train_paths), "val": paths_digest(val_paths)})
-    meta = {"stage": "train-strong", "geometric_model": kind, "profile": cfg["_profile"], "params_fingerprint": fp}
+    meta = {"stage": "train-strong", "geometric_model": kind, "profile": cfg.profile, "params_fingerprint": fp}
     fit_cfg = engine.FitConfig(
-        seed=seed, batch_size=int(cfg["batch_size"]), schedule=cfg["schedule"], weight_decay=float(cfg["weight_decay"]),
-        num_workers=int(cfg["num_workers"]), checkpoint_every=int(cfg["checkpoint_every"]), state_path=outs["state"],
+        seed=seed, batch_size=int(cfg.batch_size), schedule=cfg.schedule, weight_decay=float(cfg.weight_decay),
+        num_workers=int(cfg.num_workers), checkpoint_every=int(cfg.checkpoint_every), state_path=outs["state"],
         fingerprint=fp, meta=meta, desc=f"train-strong {kind}", resume=resume, max_steps=max_steps, progress=progress,
         on_step=on_step,
     )
     state = engine.fit(task, fit_cfg, ctx)
 
-    bs = int(cfg["batch_size"])
+    bs = int(cfg.batch_size)
     heldout = grid_loss_mean(step, heldout_ds, ctx, bs)
     heldout_id = grid_loss_mean(step, heldout_ds, ctx, bs, identity=True)
     val_id = grid_loss_mean(step, val_ds, ctx, bs, identity=True)
@@ -290,11 +295,11 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
     metrics = {
         "stage": "train-strong",
         "geometric_model": kind,
-        "profile": cfg["_profile"],
-        "backbone": cfg["model"]["backbone"],
-        "pairs": cfg["pairs"],
+        "profile": cfg.profile,
+        "backbone": cfg.model.backbone,
+        "pairs": cfg.pairs,
         "train_images": len(train_paths),
-        "train_pairs": len(train_ds) if cfg["pairs"] == "fixed" else len(train_paths) * int(cfg["pairs_per_image"]),
+        "train_pairs": len(train_ds) if cfg.pairs == "fixed" else len(train_paths) * int(cfg.pairs_per_image),
         "pairs_seen": epochs * len(train_ds),
         "epochs": epochs,
         "steps": state["global_step"],

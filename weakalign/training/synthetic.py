@@ -36,6 +36,7 @@ import math
 import torch
 
 from ..geometry import normalized_grid, sampling_grid, tps_identity, warp_image
+from .params import StrongData  # the generator's ranges and their defaults (train_strong.data), defined once
 
 
 def keyed_seed(*keys) -> int:
@@ -48,7 +49,8 @@ def keyed_generator(*keys) -> torch.Generator:
     return torch.Generator().manual_seed(keyed_seed(*keys))
 
 
-def random_affine(gen: torch.Generator, n: int = 1, random_t: float = 0.5, random_s: float = 0.5, random_alpha: float = 1 / 6) -> torch.Tensor:
+def random_affine(gen: torch.Generator, n: int = 1, random_t: float = StrongData.random_t, random_s: float = StrongData.random_s,
+                  random_alpha: float = StrongData.random_alpha) -> torch.Tensor:
     """``n x 6`` random affine parameters with the reference's distribution (float32)."""
     u = torch.rand(n, 7, generator=gen, dtype=torch.float64)
     alpha = (u[:, 6] - 0.5) * 2 * math.pi * random_alpha
@@ -61,18 +63,29 @@ def random_affine(gen: torch.Generator, n: int = 1, random_t: float = 0.5, rando
     return theta.float()
 
 
-def random_tps(gen: torch.Generator, n: int = 1, random_t_tps: float = 0.4, grid_size: int = 3) -> torch.Tensor:
+def random_tps(gen: torch.Generator, n: int = 1, random_t_tps: float = StrongData.random_t_tps, grid_size: int = 3) -> torch.Tensor:
     """``n x 2g^2`` random TPS parameters: identity control points + uniform perturbation."""
     k = 2 * grid_size * grid_size
     u = torch.rand(n, k, generator=gen, dtype=torch.float64)
     return (tps_identity(n, grid_size, dtype=torch.float64) + (u - 0.5) * 2 * random_t_tps).float()
 
 
-def random_theta(kind: str, gen: torch.Generator, n: int, data: dict, grid_size: int = 3) -> torch.Tensor:
+def generator_params(data) -> "StrongData":
+    """``train_strong.data`` as :class:`~weakalign.training.params.StrongData` (a dict of some of
+    its keys -- a test's or a script's -- is completed with the defaults)."""
+    from ..config import typed
+
+    if isinstance(data, StrongData):
+        return data
+    return typed(StrongData, {**StrongData().to_dict(), **dict(data)}, "train_strong.data")
+
+
+def random_theta(kind: str, gen: torch.Generator, n: int, data, grid_size: int = 3) -> torch.Tensor:
+    data = generator_params(data)
     if kind == "affine":
-        return random_affine(gen, n, data["random_t"], data["random_s"], data["random_alpha"])
+        return random_affine(gen, n, data.random_t, data.random_s, data.random_alpha)
     if kind == "tps":
-        return random_tps(gen, n, data["random_t_tps"], grid_size)
+        return random_tps(gen, n, data.random_t_tps, grid_size)
     raise ValueError(f"kind must be 'affine' or 'tps', got {kind!r}")
 
 
@@ -160,11 +173,11 @@ class SyntheticPairs(torch.utils.data.Dataset):
     as the per-item ones (``tests/test_training_synthetic.py``).
     """
 
-    def __init__(self, paths: list[str], kind: str, data: dict, out_size, seed: int, tag: str,
+    def __init__(self, paths: list[str], kind: str, data, out_size, seed: int, tag: str,
                  pairs_per_image: int = 1, fresh_each_epoch: bool = False, source_only: bool = False,
                  grid_size: int = 3, target_only: bool = False, warp_on_device: bool = False):
         self.paths = list(paths)
-        self.kind, self.data, self.out_size = kind, data, tuple(out_size)
+        self.kind, self.data, self.out_size = kind, generator_params(data), tuple(out_size)
         self.seed, self.tag = seed, tag
         self.pairs_per_image = 1 if source_only else int(pairs_per_image)
         self.fresh_each_epoch, self.source_only, self.target_only = fresh_each_epoch, source_only, target_only
@@ -195,7 +208,7 @@ class SyntheticPairs(torch.utils.data.Dataset):
         last = getattr(self, "_last", None)
         if last is not None and last[0] == photo:
             return last[1]
-        image = to_tensor(load_image(self.paths[photo]), tuple(self.data["load_size"]))
+        image = to_tensor(load_image(self.paths[photo]), tuple(self.data.load_size))
         self._last = (photo, image)
         return image
 
@@ -206,7 +219,7 @@ class SyntheticPairs(torch.utils.data.Dataset):
         image = self.load(photo)[None]
         theta = None if self.source_only else self.theta(idx)
         src, tgt = synth_pair(image, self.kind, None if theta is None else theta[None], self.out_size,
-                              self.data["padding_factor"], self.data["crop_factor"], source=not self.target_only)
+                              self.data.padding_factor, self.data.crop_factor, source=not self.target_only)
         item = {"index": idx} if self.target_only else {"source_image": src[0], "index": idx}
         if not self.source_only:
             item["target_image"] = tgt[0]

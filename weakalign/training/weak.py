@@ -33,7 +33,8 @@ from torch import nn
 from ..devices import set_backbone_amp
 from ..losses import TwoStageInlierScore
 from . import engine
-from .params import fingerprint, weak_label
+from ..config import as_block
+from .params import TrainWeak, fingerprint, weak_label
 from .sources import cache_path, cached, check_images, module_fingerprint, pair_list, paths_digest, subsample
 from .synthetic import keyed_generator
 
@@ -131,18 +132,18 @@ def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, b
     key = {"what": "weak-stage1", "backbone": backbone_fp, "image_size": list(size), "root": str(image_root),
            "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
     key["extractor"] = "traced-channels-last" if ctx.device.type == "cpu" else "eager"
-    if cfg["amp"] != "none":  # features made under autocast (eager) never mix with float32 ones
-        key["extractor"], key["amp"] = "eager", cfg["amp"]
+    if cfg.amp != "none":  # features made under autocast (eager) never mix with float32 ones
+        key["extractor"], key["amp"] = "eager", cfg.amp
 
     def compute():
         # the backbone is frozen whenever features are cached: its traced, BN-folded copy gives the
         # same features up to round-off, faster (weakalign.models.inference)
         from ..models.inference import optimize_for_inference
 
-        return extract_features(optimize_for_inference(model, int(cfg["batch_size"])), _UniqueImages(keys, image_root, size), ("image",),
-                                int(cfg["batch_size"]), int(cfg["num_workers"]), ctx.device, "features weak pairs", progress)
+        return extract_features(optimize_for_inference(model, int(cfg.batch_size)), _UniqueImages(keys, image_root, size), ("image",),
+                                int(cfg.batch_size), int(cfg.num_workers), ctx.device, "features weak pairs", progress)
 
-    obj = cached(ctx, cache_path(cfg["cache_dir"], "weak-stage1", key), key, compute)
+    obj = cached(ctx, cache_path(cfg.cache_dir, "weak-stage1", key), key, compute)
     return {k: i for i, k in enumerate(keys)}, obj["image"]
 
 
@@ -281,10 +282,10 @@ def mean_score(step: WeakStep, dataset, ctx, batch_size: int, scorer=None, ident
     return mean_scores(step, dataset, ctx, batch_size, [scorer or step.scorer], identity)[0]
 
 
-def uses_val_pck(cfg: dict) -> bool:
+def uses_val_pck(cfg: TrainWeak) -> bool:
     """``selection`` is PCK@0.1 on the PF-PASCAL validation pairs (``pf_pascal_val_pck`` or its
     paper-profile name ``reference``)."""
-    return cfg["selection"] in ("pf_pascal_val_pck", "reference")
+    return cfg.selection in ("pf_pascal_val_pck", "reference")
 
 
 def pf_pascal_val_pck(model, ctx, batch_size: int, max_pairs: int = 0) -> float:
@@ -309,23 +310,23 @@ class WeakTask(engine.Task):
         self.model, self.step_module, self.train_dataset = model, step, train_dataset
         self.val_dataset, self.ctx, self.cfg = val_dataset, ctx, cfg
         self.report_dataset = report_dataset
-        sel = cfg["selection"]
+        sel = cfg.selection
         self.selection_mode = {"heldout_weak_score": "max", "pf_pascal_val_pck": "max", "reference": "max", "last_epoch": "last"}[sel]
         self.selection_name = {"heldout_weak_score": "val_score", "pf_pascal_val_pck": "val_pck", "reference": "val_pck",
                                "last_epoch": "val_score"}[sel]
 
     def set_train_mode(self):
-        self.model.train(bool(self.cfg["update_bn_buffers"]))
+        self.model.train(bool(self.cfg.update_bn_buffers))
 
     def set_epoch(self, epoch):
         self.train_dataset.set_epoch(epoch)
 
     def validate(self):
-        bs = int(self.cfg["batch_size"])
+        bs = int(self.cfg.batch_size)
         score = mean_score(self.step_module, self.val_dataset, self.ctx, bs)
         out = {"value": score}
         if uses_val_pck(self.cfg):
-            out = {"value": pf_pascal_val_pck(self.model, self.ctx, bs, int(self.cfg["data"]["max_val_pairs"])), "val_score": score}
+            out = {"value": pf_pascal_val_pck(self.model, self.ctx, bs, int(self.cfg.data.max_val_pairs)), "val_score": score}
         if self.report_dataset is not None:
             # the held-out score curve (odd rows): reported per epoch, never used for selection
             out["heldout_score"] = mean_score(self.step_module, self.report_dataset, self.ctx, bs)
@@ -336,24 +337,29 @@ class WeakTask(engine.Task):
 # entry point
 # ---------------------------------------------------------------------------------------------
 
-def train_weak(cfg: dict, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
+def train_weak(cfg: TrainWeak | dict, *, resume: str = "never", max_steps: int = 0, progress: bool = True,
                backbone_factory=None, on_step=None, ctx: engine.DistContext | None = None) -> dict:
-    """Fine-tune the two-stage model with the soft-inlier loss; returns the metrics dict."""
+    """Fine-tune the two-stage model with the soft-inlier loss; returns the metrics dict.
+
+    ``cfg``: the resolved ``train_weak`` block (:func:`weakalign.training.params.resolve`, a
+    variant already merged; a complete dict is checked and converted by
+    :func:`weakalign.config.as_block`)."""
+    cfg = as_block("train_weak", cfg)
     t0 = time.perf_counter()
     with engine.distributed_context(cfg, ctx, key="train_weak.device") as ctx:
         return _train_weak(cfg, ctx, resume, max_steps, progress and ctx.main, backbone_factory, on_step, t0)
 
 
 def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step, t0):
-    from ..data.atomic import write_json
+    from ..atomic import write_json
     from ..models import TwoStageCNNGeometric
     from ..models.checkpoints import save_checkpoint
 
-    variant = cfg["_variant"]
+    variant = cfg.variant
     label = weak_label(cfg)
-    out_spec = cfg["outputs"] if variant == "default" else cfg["variant_outputs"]
-    outs = {k: engine.resolve_path(v, variant=variant) for k, v in out_spec.items()}
-    data, seed = cfg["data"], int(cfg["seed"])
+    out_spec = cfg.outputs if variant == "default" else cfg.variant_outputs
+    outs = {k: engine.resolve_path(v, variant=variant) for k, v in out_spec.to_dict().items()}
+    data, seed = cfg.data, int(cfg.seed)
 
     if uses_val_pck(cfg):
         from ..data.datasets import DatasetNotAvailable, PFPascalDataset
@@ -361,12 +367,12 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         try:
             PFPascalDataset(split="val")
         except DatasetNotAvailable as exc:
-            raise _user_error(f"train_weak.selection {cfg['selection']} needs the PF-PASCAL validation pairs and images: {exc}") from exc
+            raise _user_error(f"train_weak.selection {cfg.selection} needs the PF-PASCAL validation pairs and images: {exc}") from exc
 
-    train_recs, train_root = pair_list(data["train"], data["root"], "train_weak.data.train", data["use_flip"])
-    val_recs, val_root = pair_list(data["val"], data["root"], "train_weak.data.val", data["use_flip"])
-    train_recs = [train_recs[i] for i in subsample(len(train_recs), int(data["max_train_pairs"]), seed, "weak-train-pairs")]
-    val_recs = [val_recs[i] for i in subsample(len(val_recs), int(data["max_val_pairs"]), seed, "weak-val-pairs")]
+    train_recs, train_root = pair_list(data.train, data.root, "train_weak.data.train", data.use_flip)
+    val_recs, val_root = pair_list(data.val, data.root, "train_weak.data.val", data.use_flip)
+    train_recs = [train_recs[i] for i in subsample(len(train_recs), int(data.max_train_pairs), seed, "weak-train-pairs")]
+    val_recs = [val_recs[i] for i in subsample(len(val_recs), int(data.max_val_pairs), seed, "weak-val-pairs")]
     sel_recs, report_recs = val_recs[0::2], val_recs[1::2]
     if not train_recs or not sel_recs or not report_recs:
         raise _user_error(f"train_weak: need >= 1 training pair and >= 2 held-out pairs (have {len(train_recs)}, {len(val_recs)})")
@@ -374,42 +380,42 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     check_images([val_root / p for r in val_recs for p in (r.source, r.target)], "train_weak.data.val")
 
     engine.seed_everything(seed)
-    init = {k: engine.resolve_path(cfg["init"][k]) for k in ("affine", "tps")}
+    init = {k: engine.resolve_path(getattr(cfg.init, k)) for k in ("affine", "tps")}
     aff, tps = load_stage(init["affine"], "affine", backbone_factory), load_stage(init["tps"], "tps", backbone_factory)
     try:
         model = TwoStageCNNGeometric.from_stages(aff, tps)
     except ValueError as exc:
         raise _user_error(f"{init['affine']} and {init['tps']} cannot be combined: {exc}") from exc
     del aff, tps
-    model = set_backbone_amp(model.to(ctx.device), cfg["amp"])
-    trains = set_trainable(model, cfg["train_parts"], int(cfg["last_blocks"]))
+    model = set_backbone_amp(model.to(ctx.device), cfg.amp)
+    trains = set_trainable(model, cfg.train_parts, int(cfg.last_blocks))
     size = tuple(model.config.image_size)
     bb_fp = module_fingerprint(model.feature_extraction)
     h, w = model.feature_size
 
-    backbone_frozen = cfg["train_parts"] == "regressors" and not cfg["update_bn_buffers"]
-    cache_train = bool(cfg["cache_features"]) and backbone_frozen and not data["random_crop"]
-    cache_val = bool(cfg["cache_features"]) and backbone_frozen
-    use_flip = bool(data["use_flip"])
+    backbone_frozen = cfg.train_parts == "regressors" and not cfg.update_bn_buffers
+    cache_train = bool(cfg.cache_features) and backbone_frozen and not data.random_crop
+    cache_val = bool(cfg.cache_features) and backbone_frozen
+    use_flip = bool(data.use_flip)
     train_feats = stage1_features(ctx, model, [train_recs], train_root, size, use_flip, cfg, bb_fp, progress) if cache_train else None
     val_feats = stage1_features(ctx, model, [val_recs], val_root, size, use_flip, cfg, bb_fp, progress) if cache_val else None
-    train_ds = WeakPairs(train_recs, train_root, size, use_flip, bool(data["random_crop"]), seed, "train", train_feats)
+    train_ds = WeakPairs(train_recs, train_root, size, use_flip, bool(data.random_crop), seed, "train", train_feats)
     sel_ds = WeakPairs(sel_recs, val_root, size, use_flip, False, seed, "val", val_feats)
     report_ds = WeakPairs(report_recs, val_root, size, use_flip, False, seed, "val", val_feats)
 
-    loss_kw = dict(cfg["loss"])
+    loss_kw = cfg.loss.to_dict()
     scorer = TwoStageInlierScore(h, w, **loss_kw).to(ctx.device)
     ref_scorer = TwoStageInlierScore(h, w, **REFERENCE_LOSS).to(ctx.device)
     stage2 = None
-    if not bool(cfg["stage2_backbone_grad"]):
+    if not bool(cfg.stage2_backbone_grad):
         if not backbone_frozen:
             raise _user_error("train_weak: stage2_backbone_grad: false needs a frozen backbone (train_parts: regressors, "
                               "update_bn_buffers: false)")
         from ..models.inference import optimize_for_inference
 
-        stage2 = optimize_for_inference(model, int(cfg["batch_size"])).feature_extraction
+        stage2 = optimize_for_inference(model, int(cfg.batch_size)).feature_extraction
     step = WeakStep(model, scorer, ctx.device, stage2)
-    bs = int(cfg["batch_size"])
+    bs = int(cfg.batch_size)
     pair_of_scorers = [scorer, ref_scorer]
     before = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers)))
     identity = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers, identity=True)))
@@ -419,20 +425,20 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
                            "backbone": bb_fp, "train": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in train_recs),
                            "val": paths_digest(f"{r.source}|{r.target}|{r.flip}" for r in val_recs)})
     selection = {
-        "criterion": cfg["selection"],
+        "criterion": cfg.selection,
         "uses_keypoints": uses_val_pck(cfg),
         "description": {
             "heldout_weak_score": "mean two-stage soft-inlier score (this run's loss) on the even rows of the held-out pair list; no keypoints",
             "pf_pascal_val_pck": "PCK@0.1 on the PF-PASCAL validation pairs (reference code's choice; uses keypoint annotations)",
             "reference": "the original's: PCK@0.1 on the PF-PASCAL validation pairs (= pf_pascal_val_pck; uses keypoint annotations)",
             "last_epoch": "no selection: weights after the last epoch",
-        }[cfg["selection"]],
+        }[cfg.selection],
     }
-    meta = {"stage": "train-weak", "variant": variant, "label": label, "profile": cfg["_profile"], "selection": selection,
+    meta = {"stage": "train-weak", "variant": variant, "label": label, "profile": cfg.profile, "selection": selection,
             "loss": loss_kw, "train_parts": trains, "params_fingerprint": fp}
     fit_cfg = engine.FitConfig(
-        seed=seed, batch_size=bs, schedule=cfg["schedule"], weight_decay=float(cfg["weight_decay"]),
-        num_workers=int(cfg["num_workers"]), checkpoint_every=int(cfg["checkpoint_every"]), state_path=outs["state"],
+        seed=seed, batch_size=bs, schedule=cfg.schedule, weight_decay=float(cfg.weight_decay),
+        num_workers=int(cfg.num_workers), checkpoint_every=int(cfg.checkpoint_every), state_path=outs["state"],
         fingerprint=fp, meta=meta, desc=f"train-weak {variant}", resume=resume, max_steps=max_steps, progress=progress,
         on_step=on_step,
     )
@@ -445,12 +451,12 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         "stage": "train-weak",
         "variant": variant,
         "label": label,
-        "profile": cfg["_profile"],
+        "profile": cfg.profile,
         "loss": loss_kw,
         "train_parts": trains,
-        "update_bn_buffers": bool(cfg["update_bn_buffers"]),
+        "update_bn_buffers": bool(cfg.update_bn_buffers),
         "stage1_features_cached": cache_train,
-        "stage2_backbone_grad": bool(cfg["stage2_backbone_grad"]),
+        "stage2_backbone_grad": bool(cfg.stage2_backbone_grad),
         "train_pairs": len(train_ds),
         "epochs": epochs,
         "steps": state["global_step"],
@@ -475,7 +481,7 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         from .strong import _rel
 
         print(f"train-weak {variant} ({label}): {epochs} epochs, {len(train_ds):,} pairs, held-out soft-inlier score "
-              f"{before['score']:.4g} -> {after['score']:.4g} (identity {identity['score']:.4g}), selection {cfg['selection']}, "
+              f"{before['score']:.4g} -> {after['score']:.4g} (identity {identity['score']:.4g}), selection {cfg.selection}, "
               f"{engine.format_duration(metrics['seconds'])} -> {_rel(outs['checkpoint'])}", flush=True)
     ctx.barrier()
     return metrics
