@@ -29,7 +29,7 @@ Outputs (per seed ``N``; a non-default ``--profile P`` writes to ``seeds_P`` ins
   (training state under ``models/state/seeds/``; ``--resume=auto`` continues an interrupted run);
 * ``reports/metrics/seeds/seed_N/train_weak[_<variant>].json`` and the training curves under
   ``reports/plots/seeds/seed_N/``;
-* ``data/predictions/seeds/seed_N/<benchmark>/<model>.pt`` (prediction caches);
+* ``data/seeds/predictions/seed_N/<benchmark>/<model>.pt`` (prediction caches; outside ``data/predictions``, the DVC output of ``evaluate predict``, so a seeds run leaves the pipeline up to date);
 * ``reports/metrics/seeds.json`` and ``reports/tables/seeds_<benchmark>.md``; the README results
   block is regenerated (``weakalign readme``) unless ``--no-readme``.
 
@@ -363,7 +363,7 @@ def run(seeds, variants=None, params: str | None = None, profile: str | None = N
                 preds = {}
                 for v in variants:
                     ck = output_paths(seed, v, prof)["checkpoint"]
-                    cache = root / "data" / "predictions" / t / f"seed_{seed}" / bench / f"{names[v].replace(':', '_').replace('/', '_')}.pt"
+                    cache = root / "data" / t / "predictions" / f"seed_{seed}" / bench / f"{names[v].replace(':', '_').replace('/', '_')}.pt"
                     if cache.is_file() and cache.stat().st_mtime >= (root / ck).stat().st_mtime:
                         preds[names[v]] = torch.load(cache, weights_only=True)
                     else:
