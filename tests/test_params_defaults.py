@@ -193,16 +193,20 @@ def test_a_schedule_phase_keeps_restart_from_best_out_of_the_dict_unless_set():
 
 
 def test_dicts_given_to_the_python_entry_points_are_checked_once_and_converted():
-    from weakalign.config import as_block as _as_block
+    from weakalign.config import as_block
+    from weakalign.data.params import DataParams
     from weakalign.training.params import STRONG_DEFAULTS, TrainStrong
 
-    def as_params(block, cfg):
-        return _as_block(block, cfg)
-
-    t = as_params("train_strong", {**STRONG_DEFAULTS, "_profile": "smoke"})
+    t = as_block("train_strong", {**STRONG_DEFAULTS, "_profile": "smoke"})
     assert isinstance(t, TrainStrong) and t.profile == "smoke"
-    assert as_params("train_strong", t) is t
+    assert as_block("train_strong", t) is t
     with pytest.raises(UserError, match="train_strong.batch_size must be a non-negative integer"):
-        as_params("train_strong", {**STRONG_DEFAULTS, "batch_size": -1})
+        as_block("train_strong", {**STRONG_DEFAULTS, "batch_size": -1})
     with pytest.raises(TypeError, match="expected TrainStrong or a dict"):
-        as_params("train_strong", ["not", "a", "block"])
+        as_block("train_strong", ["not", "a", "block"])
+    # a partial dict is completed with the defaults on request
+    d = as_block("data", {"seed": 5, "audit": {"threshold": 3}}, complete=True)
+    assert isinstance(d, DataParams) and (d.seed, d.audit.threshold) == (5, 3)
+    assert d.audit.hash_size == DataParams().audit.hash_size and d.heldout_fraction == DataParams().heldout_fraction
+    with pytest.raises(UserError, match="heldout_fraction"):
+        as_block("data", {"heldout_fraction": 1.5}, complete=True)
