@@ -210,3 +210,6 @@ def test_dicts_given_to_the_python_entry_points_are_checked_once_and_converted()
     assert d.audit.hash_size == DataParams().audit.hash_size and d.heldout_fraction == DataParams().heldout_fraction
     with pytest.raises(UserError, match="heldout_fraction"):
         as_block("data", {"heldout_fraction": 1.5}, complete=True)
+    # ... and refused with a one-line error naming what is missing otherwise
+    with pytest.raises(UserError, match="data: missing key.*heldout_fraction.*complete=True"):
+        as_block("data", {"seed": 5})

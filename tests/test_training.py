@@ -235,15 +235,67 @@ def test_no_mask_variant_trains_and_is_labelled(data, strong_models, tmp_path):
     assert len(hist) == 3 and all(np.isfinite(h["train_loss"]) for h in hist)
 
 
-def test_weak_training_of_the_last_backbone_blocks_without_cache(data, strong_models, tmp_path):
-    m = train_weak(weak_cfg(data, tmp_path, strong_models, train_parts="last_blocks", last_blocks=1,
+@pytest.mark.parametrize("cache", [False, True])
+def test_weak_training_of_the_last_backbone_blocks(data, strong_models, tmp_path, cache):
+    """Only the last block changes, with and without the prefix cache (cache_features)."""
+    m = train_weak(weak_cfg(data, tmp_path, strong_models, train_parts="last_blocks", last_blocks=1, cache_features=cache,
                             schedule=[{"epochs": 1, "lr": 1e-3}]), progress=False, backbone_factory=TinyBackbone)
-    assert m["stage1_features_cached"] is False and "last 1 backbone block(s)" in m["train_parts"]
+    assert m["stage1_features_cached"] is cache and "last 1 backbone block(s)" in m["train_parts"]
+    assert m["stage1_cache"] == ("prefix (input of the trained blocks)" if cache else "none")
+    assert m["heldout_scored_on"] == ("initial backbone's correlation" if cache else "the model's own correlation")
     w = weights(tmp_path / "weak.pt")
     aff = weights(strong_models / "strong_affine.pt")
     last = "feature_extraction.backbone.body.3.weight"  # the tiny backbone's last conv
     assert not torch.equal(w[last], aff[last])
     assert torch.equal(w["feature_extraction.backbone.body.0.weight"], aff["feature_extraction.backbone.body.0.weight"])
+
+
+def test_split_backbone_composes_to_the_body_and_shares_its_modules():
+    from weakalign.models.backbones import build_backbone
+    from weakalign.training.weak import backbone_blocks, split_backbone
+
+    for bb, n in ((TinyBackbone(), 1), (build_backbone("efficientnet_lite0", weights="random"), 2)):
+        bb.eval()
+        x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        prefix, suffix = split_backbone(bb, n)
+        with torch.no_grad():
+            assert torch.allclose(suffix(prefix(x)), bb.body(x), atol=1e-6)
+        trained = backbone_blocks(bb)[-n:]
+        assert all(any(m is t for m in suffix.modules()) for t in trained)
+        assert not any(m is t for m in prefix.modules() for t in trained)
+    assert len(split_backbone(TinyBackbone(), 99)[0]) == 0  # clamped: every block trains
+
+
+def test_prefix_cache_gives_the_uncached_scores_and_gradients(data, strong_models):
+    """train_parts: last_blocks on the cached prefix output computes the same scores and the same
+    gradients of the trained block as running the whole backbone on the images."""
+    from weakalign.losses import TwoStageInlierScore
+    from weakalign.models import TwoStageCNNGeometric
+    from weakalign.training.weak import WeakStep, load_stage, set_trainable, split_backbone
+
+    model = TwoStageCNNGeometric.from_stages(load_stage(strong_models / "strong_affine.pt", "affine", TinyBackbone),
+                                             load_stage(strong_models / "strong_tps.pt", "tps", TinyBackbone)).eval()
+    set_trainable(model, "last_blocks", 1)
+    h, w = model.feature_size
+    scorer = TwoStageInlierScore(h, w)
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.rand(2, 3, *SIZE, generator=g), torch.rand(2, 3, *SIZE, generator=g)
+    prefix, suffix = split_backbone(model.feature_extraction.backbone, 1)
+    fe = model.feature_extraction
+    with torch.no_grad():
+        p_src, p_tgt = prefix(fe.normalize(src)), prefix(fe.normalize(tgt))
+    full = WeakStep(model, scorer, "cpu", backbone_frozen=False)
+    cached_step = WeakStep(model, scorer, "cpu", suffix=suffix, backbone_frozen=False)
+    last = model.feature_extraction.backbone.body[3].weight
+    grads, scores = [], []
+    for step, batch in ((full, {"source_image": src, "target_image": tgt}), (cached_step, {"source_image": src, "p_src": p_src, "p_tgt": p_tgt})):
+        model.zero_grad()
+        loss = step(batch)
+        loss.backward()
+        scores.append(float(loss.detach()))
+        grads.append(last.grad.clone())
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
 
 
 def test_stage2_without_backbone_gradient(data, strong_models, tmp_path):
@@ -279,8 +331,12 @@ def test_stage2_without_backbone_gradient(data, strong_models, tmp_path):
     curve = (tmp_path / "weak.csv").read_text().splitlines()
     assert curve[0].split(",")[-2:] == ["heldout_score", "minutes"]
     with pytest.raises(UserError, match="stage2_backbone_grad"):
-        train_weak(weak_cfg(data, tmp_path / "b", strong_models, stage2_backbone_grad=False, train_parts="last_blocks"),
-                   progress=False, backbone_factory=TinyBackbone)
+        train_weak(weak_cfg(data, tmp_path / "b", strong_models, stage2_backbone_grad=False, train_parts="last_blocks",
+                            cache_features=False), progress=False, backbone_factory=TinyBackbone)
+    # with the prefix cache the frozen prefix runs without gradient and the last block with it
+    m = train_weak(weak_cfg(data, tmp_path / "c", strong_models, stage2_backbone_grad=False, train_parts="last_blocks",
+                            schedule=[{"epochs": 1, "lr": 1e-3}]), progress=False, backbone_factory=TinyBackbone)
+    assert m["stage2_backbone_grad"] is False and m["stage1_cache"].startswith("prefix")
 
 
 def test_missing_inputs_name_the_command_that_creates_them(data, tmp_path):

@@ -20,7 +20,11 @@ Conventions (the same for every block):
    string a string, a list a list; no NaN or infinity anywhere; then the block's own rules
    (positive batch size and learning rates, known choices).
 
-Every error is one line naming the file, the key and what to do (:class:`weakalign.cli.UserError`).
+5. **Numbers are read as YAML 1.2 reads them** (:func:`load_yaml`): ``5e-08``, ``1E3`` and
+   ``1.0e8`` are floats, as DVC (ruamel.yaml, YAML 1.2) means them when it writes params.yaml
+   for ``dvc exp run -S``; PyYAML alone follows YAML 1.1 and would read them as strings. A
+   value quoted as a string (``lr: "5e-08"``) stays a string and is refused where a number is
+   expected, with a message saying to write it unquoted.
 
 6. **Typed blocks.** Each block is a frozen dataclass (:class:`Block` subclasses, one per block,
    in the module :data:`BLOCK_MODULES` names): its field defaults *are* the defaults (the
@@ -34,11 +38,7 @@ Every error is one line naming the file, the key and what to do (:class:`weakali
    used, the ``train_weak`` variant) are fields marked :data:`RESOLVED`, never part of
    :func:`as_dict`.
 
-5. **Numbers are read as YAML 1.2 reads them** (:func:`load_yaml`): ``5e-08``, ``1E3`` and
-   ``1.0e8`` are floats, as DVC (ruamel.yaml, YAML 1.2) means them when it writes params.yaml
-   for ``dvc exp run -S``; PyYAML alone follows YAML 1.1 and would read them as strings. A
-   value quoted as a string (``lr: "5e-08"``) stays a string and is refused where a number is
-   expected, with a message saying to write it unquoted.
+Every error is one line naming the file, the key and what to do (:class:`weakalign.cli.UserError`).
 """
 
 from __future__ import annotations
@@ -295,6 +295,11 @@ def as_block(block: str, cfg, complete: bool = False, **resolved):
     d = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
     if complete:
         d = merge(sch.defaults(), d, block, sch.free_form)
+    else:
+        missing = [k for k in sch.defaults() if k not in d]
+        if missing:
+            raise user_error(f"{block}: missing key(s) {', '.join(missing)}: pass the whole block, or "
+                         "complete=True to fill the missing keys with the defaults")
     validate_block(block, d)
     resolved.update({str(k)[1:]: v for k, v in cfg.items() if str(k).startswith("_")})
     return typed_block(block, d, **resolved)
@@ -316,10 +321,6 @@ class Block:
 
     def to_dict(self) -> dict:
         return as_dict(self)
-
-    def replace(self, **changes) -> "Block":
-        """A copy with ``changes`` (top-level fields, already typed; ``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
 
 
 def _hints(cls) -> dict:

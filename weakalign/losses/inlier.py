@@ -30,8 +30,8 @@ Faithful details of the reference implementation (ignacio-rocco/weakalign ``mode
   position is not strictly inside (-1, 1) to -1e10, bilinearly resamples that grid at the TPS
   positions, and sets cells whose TPS position is not strictly inside (-1, 1) to -1e10 as well.
   ``"reference"`` does exactly that (``weakalign parity``: equal to the original within 1e-7).
-  ``"analytic"`` (this class's default; ``train_weak.loss.composition`` selects ``"reference"``
-  for training since 2026-12-04, the reports before that used ``"analytic"``) applies the
+  ``"analytic"`` (the class's default until 2026-12-05, now ``"reference"`` like
+  ``train_weak.loss.composition``; reports before 2026-12-04 trained with it) applies the
   affine to the TPS points analytically and keeps TPS positions up to 1 + 1e-5 inclusive: it
   differs from the original at the border (cells on the edge of [-1, 1], and cells whose
   resampled neighbourhood contains an affine-out-of-bounds cell), by ~1e-3 on a normalised

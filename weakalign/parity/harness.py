@@ -129,7 +129,7 @@ def inlier_items(ref: Checkout, workdir: Path, seed: int = 0) -> list[Item]:
                           f"vs TwoStageWeakInlierCount; composition='reference'; tps_reg_factor 0.2; tolerance={tol} {shape}"))
         analytic = SoftInlierCount(tolerance=tol, shape=shape, tps_reg_factor=0.2, composition="analytic")
         scale = float(theirs[f"two_stage_{d}"].abs().max())
-        items.append(Item("soft-inlier", f"two-stage, dilation filter {d}, composition='analytic' (the project's default)",
+        items.append(Item("soft-inlier", f"two-stage, dilation filter {d}, composition='analytic' (the optional closed form)",
                           max_abs_diff(analytic(corr, "affine_tps", ta, tt), theirs[f"two_stage_{d}"]), TOL_GRID,
                           f"INFORMATION: differs at the border (see weakalign/losses/inlier.py); max |score| {scale:.3g}", gate=False))
     return items

@@ -3,8 +3,8 @@
 Resolution order (later wins), each level merged key by key (lists are replaced whole); the
 merging, profile and checking rules are those of every block, :mod:`weakalign.config`:
 
-1. the defaults below (:data:`STRONG_DEFAULTS`, :data:`WEAK_DEFAULTS`), the one place they are
-   defined;
+1. the defaults: the field defaults of :class:`TrainStrong` and :class:`TrainWeak` below, the one
+   place they are defined (:data:`STRONG_DEFAULTS` and :data:`WEAK_DEFAULTS` are derived from them);
 2. the block in ``params.yaml`` (``train_strong:`` / ``train_weak:``), which restates them
    (``tests/test_params_defaults.py`` fails if a value there differs from the code's);
 3. ``profiles.<name>.train_strong`` / ``profiles.<name>.train_weak`` for the selected profile:
@@ -161,7 +161,7 @@ class WeakData(Block):
 
 @dataclass(frozen=True)
 class WeakLoss(Block):
-    """The soft-inlier count (:class:`weakalign.losses.inlier.InlierLoss`)."""
+    """The soft-inlier count (:class:`weakalign.losses.inlier.SoftInlierCount`)."""
 
     tolerance: int = 0
     shape: str = "square"
@@ -200,7 +200,8 @@ class TrainWeak(Block):
     update_bn_buffers: bool = False  # reference default: model.eval() during training
     # reference: the gradient of the stage-2 (TPS) estimate reaches the affine estimate through
     # the backbone's features of the affine-warped source; false runs those features without
-    # gradient on a faster frozen copy (CPU budget; needs a frozen backbone)
+    # gradient on a faster frozen copy (CPU budget; needs a frozen backbone, or with last_blocks
+    # a frozen prefix: cache_features, the trained blocks then run after it with gradient)
     stage2_backbone_grad: bool = True
     cache_features: bool = True  # stage-1 features of fixed images when the backbone is frozen
     cache_dir: str = "data/cache/features"

@@ -76,15 +76,20 @@ def load_pair_image(path: Path, flip: bool, size, crop_gen: torch.Generator | No
 
 
 class WeakPairs(torch.utils.data.Dataset):
-    """Pairs as images (``source_image``, ``target_image``); with ``features`` (a dict
-    ``(rel_path, flip) -> row`` and a tensor) the stage-1 features come from the cache and only
-    the source image is loaded (stage 2 warps it)."""
+    """Pairs as images (``source_image``, ``target_image``). ``features`` (a dict
+    ``(rel_path, flip) -> row`` and a tensor): the initial backbone's stage-1 features
+    (``f_src``, ``f_tgt``) from the cache; ``prefix`` (same form): the cached input of the
+    trained backbone blocks (``p_src``, ``p_tgt``, ``train_parts: last_blocks``). The target
+    image is loaded only when neither is given or ``images`` is set (a trained backbone without
+    a prefix cache, whose cached ``features`` only score held-out pairs); the source image is
+    always loaded (stage 2 warps it)."""
 
     def __init__(self, records, image_root: Path, size, use_flip: bool, random_crop: bool, seed: int, tag: str,
-                 features: tuple[dict, torch.Tensor] | None = None):
+                 features: tuple[dict, torch.Tensor] | None = None, prefix: tuple[dict, torch.Tensor] | None = None,
+                 images: bool = False):
         self.records, self.image_root, self.size = list(records), Path(image_root), tuple(size)
         self.use_flip, self.random_crop, self.seed, self.tag = use_flip, random_crop, seed, tag
-        self.features = features
+        self.features, self.prefix, self.images = features, prefix, bool(images)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,12 +108,13 @@ class WeakPairs(torch.utils.data.Dataset):
         r = self.records[i]
         fl = self.flip(r)
         item = {"source_image": load_pair_image(self.image_root / r.source, fl, self.size, self._gen(i, "source")), "index": i}
-        if self.features is None:
+        if self.images or (self.features is None and self.prefix is None):
             item["target_image"] = load_pair_image(self.image_root / r.target, fl, self.size, self._gen(i, "target"))
-        else:
-            rows, feats = self.features
-            item["f_src"] = feats[rows[(r.source, fl)]]
-            item["f_tgt"] = feats[rows[(r.target, fl)]]
+        for name, cache in (("f", self.features), ("p", self.prefix)):
+            if cache is not None:
+                rows, feats = cache
+                item[f"{name}_src"] = feats[rows[(r.source, fl)]]
+                item[f"{name}_tgt"] = feats[rows[(r.target, fl)]]
         return item
 
 
@@ -124,26 +130,33 @@ class _UniqueImages(torch.utils.data.Dataset):
         return {"image": load_pair_image(self.image_root / rel, fl, self.size)}
 
 
-def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, backbone_fp, progress):
-    """``((rel_path, flip) -> row, features)`` for every image of the given record lists."""
+def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, backbone_fp, progress, prefix=None):
+    """``((rel_path, flip) -> row, features)`` for every image of the given record lists: the
+    model's current (L2-normalised) stage-1 features, or with ``prefix`` = ``(module, n)`` the
+    output of the backbone ``prefix`` of :func:`split_backbone` (the input of the last ``n``
+    blocks, not normalised)."""
     from .sources import extract_features
 
     keys = list(dict.fromkeys((p, bool(r.flip) and use_flip) for recs in records_list for r in recs for p in (r.source, r.target)))
-    key = {"what": "weak-stage1", "backbone": backbone_fp, "image_size": list(size), "root": str(image_root),
+    what = "weak-stage1" if prefix is None else "weak-prefix"
+    key = {"what": what, "backbone": backbone_fp, "image_size": list(size), "root": str(image_root),
            "images": paths_digest(f"{p}|{int(f)}" for p, f in keys), "n": len(keys)}
+    if prefix is not None:
+        key["last_blocks"] = int(prefix[1])
     key["extractor"] = "traced-channels-last" if ctx.device.type == "cpu" else "eager"
-    if cfg.amp != "none":  # features made under autocast (eager) never mix with float32 ones
+    if cfg.amp != "none" and prefix is None:  # features made under autocast (eager) never mix with float32 ones
         key["extractor"], key["amp"] = "eager", cfg.amp
 
     def compute():
-        # the backbone is frozen whenever features are cached: its traced, BN-folded copy gives the
-        # same features up to round-off, faster (weakalign.models.inference)
+        # the backbone (or its prefix) is frozen whenever features are cached: its traced,
+        # BN-folded copy gives the same features up to round-off, faster (weakalign.models.inference)
         from ..models.inference import optimize_for_inference
 
-        return extract_features(optimize_for_inference(model, int(cfg.batch_size)), _UniqueImages(keys, image_root, size), ("image",),
-                                int(cfg.batch_size), int(cfg.num_workers), ctx.device, "features weak pairs", progress)
+        extractor = optimize_for_inference(model, int(cfg.batch_size)) if prefix is None else _PrefixExtractor(model, prefix[0])
+        return extract_features(extractor, _UniqueImages(keys, image_root, size), ("image",),
+                                int(cfg.batch_size), int(cfg.num_workers), ctx.device, f"features weak pairs ({what})", progress)
 
-    obj = cached(ctx, cache_path(cfg.cache_dir, "weak-stage1", key), key, compute)
+    obj = cached(ctx, cache_path(cfg.cache_dir, what, key), key, compute)
     return {k: i for i, k in enumerate(keys)}, obj["image"]
 
 
@@ -198,6 +211,57 @@ def unfreeze_last_blocks(backbone: nn.Module, n: int) -> int:
     return n
 
 
+def _leaves(module: nn.Module):
+    """Modules of nested ``nn.Sequential`` containers in execution order (containers expanded)."""
+    if isinstance(module, nn.Sequential):
+        for child in module.children():
+            yield from _leaves(child)
+    else:
+        yield module
+
+
+def split_backbone(backbone: nn.Module, n: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(prefix, suffix)`` with ``suffix(prefix(x)) == backbone.body(x)``: ``suffix`` starts at
+    the first of the last ``n`` :func:`backbone_blocks` (the blocks ``train_parts: last_blocks``
+    trains) and holds everything after it. Both share the backbone's modules (no copy), so
+    training ``suffix`` trains the backbone. ``n`` is clamped to ``1 .. len(blocks)``."""
+    body = getattr(backbone, "body", backbone)
+    blocks = backbone_blocks(backbone)
+    if not blocks:
+        raise ValueError("backbone has no block with parameters")
+    n = max(1, min(int(n), len(blocks)))
+    leaves = list(_leaves(body))
+    first = blocks[len(blocks) - n]
+    k = next(i for i, m in enumerate(leaves) if m is first)
+    return nn.Sequential(*leaves[:k]), nn.Sequential(*leaves[k:])
+
+
+class _PrefixExtractor(nn.Module):
+    """``extract(image01)`` = the frozen prefix of the backbone (the input of the trained blocks),
+    for :func:`weakalign.training.sources.extract_features`; traced for speed on the CPU."""
+
+    def __init__(self, model, prefix: nn.Sequential):
+        super().__init__()
+        from ..models.backbones import Backbone
+        from ..models.inference import optimized_backbone
+
+        bb = model.feature_extraction.backbone
+        self.normalize = bb.normalize
+        head = Backbone(f"{bb.name}-prefix", prefix, 0, bb.mean, bb.std)
+        if next(model.parameters()).device.type == "cpu":
+            h, w = model.config.image_size
+            example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+            head = optimized_backbone(head, bb.normalize(example))
+        self.head = head
+
+    def forward(self, x_normalized: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.head(x_normalized)
+
+    def extract(self, image01: torch.Tensor) -> torch.Tensor:
+        return self(self.normalize(image01))
+
+
 def set_trainable(model, parts: str, last_blocks: int) -> list[str]:
     """requires_grad per ``train_parts``; returns a short description of what trains."""
     for p in model.parameters():
@@ -217,27 +281,53 @@ def set_trainable(model, parts: str, last_blocks: int) -> list[str]:
 class WeakStep(nn.Module):
     """batch -> loss. ``stage2_features`` (optional): a frozen, faster copy of the feature
     extraction run without gradient on the affine-warped source (``stage2_backbone_grad: false``;
-    the reference back-propagates through the backbone into the warp)."""
+    the reference back-propagates through the backbone into the warp). With ``suffix`` (the
+    trained last blocks of :func:`split_backbone`, ``train_parts: last_blocks``) the model's
+    features are ``suffix(p)`` of the cached prefix outputs ``p_src``/``p_tgt``, and
+    ``stage2_features`` is the frozen prefix alone (run without gradient; ``suffix`` after it
+    keeps its gradient). ``backbone_frozen``: cached ``f_src``/``f_tgt`` are the model's own
+    features (otherwise they are the initial backbone's, used only to score held-out pairs)."""
 
-    def __init__(self, model, scorer: TwoStageInlierScore, device, stage2_features=None):
+    def __init__(self, model, scorer: TwoStageInlierScore, device, stage2_features=None, suffix: nn.Module | None = None,
+                 backbone_frozen: bool = True):
         super().__init__()
         self.model, self.scorer, self.device = model, scorer, device
         self._stage2 = stage2_features
+        self._suffix = [suffix]  # a list: the blocks belong to the model, not to this module
+        self.backbone_frozen = bool(backbone_frozen)
+
+    def tail(self, prefix_features: torch.Tensor) -> torch.Tensor:
+        """The model's features from the prefix output (trained blocks, then L2 normalisation)."""
+        from ..models.correlation import feature_l2norm
+
+        f = self._suffix[0](prefix_features)
+        return feature_l2norm(f) if self.model.feature_extraction.l2norm else f
 
     def stage2_features(self, x: torch.Tensor) -> torch.Tensor | None:
         with torch.no_grad():
-            return self._stage2(x)
+            f = self._stage2(x)
+        return self.tail(f) if self._suffix[0] is not None else f
 
     @property
     def stage2(self):
         return self.stage2_features if self._stage2 is not None else None
 
-    def scores(self, batch, scorer=None) -> torch.Tensor:
+    def features(self, batch):
+        """``(f_src, f_tgt)`` the model runs on (``None``: computed from the images)."""
+        if "p_src" in batch:
+            return self.tail(batch["p_src"].to(self.device)), self.tail(batch["p_tgt"].to(self.device))
+        if "f_src" in batch and self.backbone_frozen:
+            return batch["f_src"].to(self.device), batch["f_tgt"].to(self.device)
+        return None, None
+
+    def forward_model(self, batch):
         src = batch["source_image"].to(self.device)
-        if "f_src" in batch:
-            out = self.model(src, None, f_src=batch["f_src"].to(self.device), f_tgt=batch["f_tgt"].to(self.device), stage2_features=self.stage2)
-        else:
-            out = self.model(src, batch["target_image"].to(self.device), stage2_features=self.stage2)
+        fs, ft = self.features(batch)
+        tgt = batch["target_image"].to(self.device) if fs is None else None
+        return self.model(src, tgt, f_src=fs, f_tgt=ft, stage2_features=self.stage2)
+
+    def scores(self, batch, scorer=None) -> torch.Tensor:
+        out = self.forward_model(batch)
         return (scorer or self.scorer)(out.theta_aff, out.theta_aff_tps, out.corr_aff)
 
     def forward(self, batch) -> torch.Tensor:
@@ -261,16 +351,19 @@ def mean_scores(step: WeakStep, dataset, ctx, batch_size: int, scorers=None, ide
     totals, count = [0.0] * len(scorers), 0
     if len(idx):
         for batch in DataLoader(Subset(dataset, list(idx)), batch_size=batch_size, shuffle=False):
-            src = batch["source_image"].to(step.device)
-            fs = batch["f_src"].to(step.device) if "f_src" in batch else m.extract(src)
-            ft = batch["f_tgt"].to(step.device) if "f_tgt" in batch else m.extract(batch["target_image"].to(step.device))
+            # the score is taken on the initial backbone's correlation when it is cached (a trained
+            # backbone is then judged on the same matches as a frozen one), else on the model's own
+            yardstick = m.correlation(batch["f_src"].to(step.device), batch["f_tgt"].to(step.device)) if "f_src" in batch else None
             if identity:
-                corr = m.correlation(fs, ft)
+                if yardstick is None:
+                    out = step.forward_model(batch)
+                    yardstick = out.corr_aff
+                corr = yardstick
                 n = corr.shape[0]
                 th_aff, th_tps = affine_identity(n, device=corr.device), tps_identity(n, device=corr.device)
             else:
-                out = m(src, None, f_src=fs, f_tgt=ft, stage2_features=step.stage2)
-                corr, th_aff, th_tps = out.corr_aff, out.theta_aff, out.theta_aff_tps
+                out = step.forward_model(batch)
+                corr, th_aff, th_tps = (out.corr_aff if yardstick is None else yardstick), out.theta_aff, out.theta_aff_tps
             for i, sc in enumerate(scorers):
                 totals[i] += float(sc(th_aff, th_tps, corr).double().sum())
             count += int(corr.shape[0])
@@ -394,27 +487,42 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     h, w = model.feature_size
 
     backbone_frozen = cfg.train_parts == "regressors" and not cfg.update_bn_buffers
-    cache_train = bool(cfg.cache_features) and backbone_frozen and not data.random_crop
-    cache_val = bool(cfg.cache_features) and backbone_frozen
+    # last_blocks with a frozen prefix (BN buffers fixed): the prefix output of every fixed image is
+    # cached and only the trained blocks run per step on it (the same model and gradients)
+    split = None
+    if cfg.train_parts == "last_blocks" and not cfg.update_bn_buffers and bool(cfg.cache_features):
+        prefix_module, suffix_module = split_backbone(model.feature_extraction.backbone, int(cfg.last_blocks))
+        split = (prefix_module, int(cfg.last_blocks))
+    cache_train = bool(cfg.cache_features) and (backbone_frozen or split is not None) and not data.random_crop
+    # held-out pairs: the initial backbone's features are cached whatever trains; they are the
+    # model's input when the backbone is frozen and the scoring correlation always (mean_scores)
+    cache_val = bool(cfg.cache_features)
     use_flip = bool(data.use_flip)
-    train_feats = stage1_features(ctx, model, [train_recs], train_root, size, use_flip, cfg, bb_fp, progress) if cache_train else None
+    train_feats = (stage1_features(ctx, model, [train_recs], train_root, size, use_flip, cfg, bb_fp, progress, split if split else None)
+                   if cache_train else None)
     val_feats = stage1_features(ctx, model, [val_recs], val_root, size, use_flip, cfg, bb_fp, progress) if cache_val else None
-    train_ds = WeakPairs(train_recs, train_root, size, use_flip, bool(data.random_crop), seed, "train", train_feats)
-    sel_ds = WeakPairs(sel_recs, val_root, size, use_flip, False, seed, "val", val_feats)
-    report_ds = WeakPairs(report_recs, val_root, size, use_flip, False, seed, "val", val_feats)
+    val_prefix = stage1_features(ctx, model, [val_recs], val_root, size, use_flip, cfg, bb_fp, progress, split) if split else None
+    val_images = not backbone_frozen and split is None  # a trained backbone without prefix cache runs on the images
+    train_ds = WeakPairs(train_recs, train_root, size, use_flip, bool(data.random_crop), seed, "train",
+                         None if split else train_feats, prefix=train_feats if split else None)
+    sel_ds = WeakPairs(sel_recs, val_root, size, use_flip, False, seed, "val", val_feats, val_prefix, val_images)
+    report_ds = WeakPairs(report_recs, val_root, size, use_flip, False, seed, "val", val_feats, val_prefix, val_images)
 
     loss_kw = cfg.loss.to_dict()
     scorer = TwoStageInlierScore(h, w, **loss_kw).to(ctx.device)
     ref_scorer = TwoStageInlierScore(h, w, **REFERENCE_LOSS).to(ctx.device)
     stage2 = None
     if not bool(cfg.stage2_backbone_grad):
-        if not backbone_frozen:
+        if not backbone_frozen and split is None:
             raise _user_error("train_weak: stage2_backbone_grad: false needs a frozen backbone (train_parts: regressors, "
-                              "update_bn_buffers: false)")
+                              "update_bn_buffers: false) or a frozen prefix (train_parts: last_blocks, cache_features: true)")
         from ..models.inference import optimize_for_inference
 
-        stage2 = optimize_for_inference(model, int(cfg.batch_size)).feature_extraction
-    step = WeakStep(model, scorer, ctx.device, stage2)
+        if split is None:
+            stage2 = optimize_for_inference(model, int(cfg.batch_size)).feature_extraction
+        else:  # frozen prefix without gradient, then the trained blocks with it (WeakStep.stage2_features)
+            stage2 = _PrefixExtractor(model, split[0])
+    step = WeakStep(model, scorer, ctx.device, stage2, suffix=suffix_module if split else None, backbone_frozen=backbone_frozen)
     bs = int(cfg.batch_size)
     pair_of_scorers = [scorer, ref_scorer]
     before = dict(zip(("score", "score_reference_loss"), mean_scores(step, report_ds, ctx, bs, pair_of_scorers)))
@@ -456,6 +564,8 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         "train_parts": trains,
         "update_bn_buffers": bool(cfg.update_bn_buffers),
         "stage1_features_cached": cache_train,
+        "stage1_cache": "prefix (input of the trained blocks)" if split and cache_train else ("features" if cache_train else "none"),
+        "heldout_scored_on": "initial backbone's correlation" if cache_val else "the model's own correlation",
         "stage2_backbone_grad": bool(cfg.stage2_backbone_grad),
         "train_pairs": len(train_ds),
         "epochs": epochs,
