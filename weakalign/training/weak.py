@@ -132,9 +132,8 @@ class _UniqueImages(torch.utils.data.Dataset):
 
 def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, backbone_fp, progress, prefix=None):
     """``((rel_path, flip) -> row, features)`` for every image of the given record lists: the
-    model's current (L2-normalised) stage-1 features, or with ``prefix`` = ``(module, n)`` the
-    output of the backbone ``prefix`` of :func:`split_backbone` (the input of the last ``n``
-    blocks, not normalised)."""
+    model's current (L2-normalised) stage-1 features, or with ``prefix`` = ``(extractor, n)`` the
+    output of a :class:`_PrefixExtractor` (the input of the last ``n`` blocks, not normalised)."""
     from .sources import extract_features
 
     keys = list(dict.fromkeys((p, bool(r.flip) and use_flip) for recs in records_list for r in recs for p in (r.source, r.target)))
@@ -152,7 +151,7 @@ def stage1_features(ctx, model, records_list, image_root, size, use_flip, cfg, b
         # BN-folded copy gives the same features up to round-off, faster (weakalign.models.inference)
         from ..models.inference import optimize_for_inference
 
-        extractor = optimize_for_inference(model, int(cfg.batch_size)) if prefix is None else _PrefixExtractor(model, prefix[0])
+        extractor = optimize_for_inference(model, int(cfg.batch_size)) if prefix is None else prefix[0]
         return extract_features(extractor, _UniqueImages(keys, image_root, size), ("image",),
                                 int(cfg.batch_size), int(cfg.num_workers), ctx.device, f"features weak pairs ({what})", progress)
 
@@ -492,13 +491,13 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
     split = None
     if cfg.train_parts == "last_blocks" and not cfg.update_bn_buffers and bool(cfg.cache_features):
         prefix_module, suffix_module = split_backbone(model.feature_extraction.backbone, int(cfg.last_blocks))
-        split = (prefix_module, int(cfg.last_blocks))
+        split = (_PrefixExtractor(model, prefix_module), int(cfg.last_blocks))  # traced once, frozen
     cache_train = bool(cfg.cache_features) and (backbone_frozen or split is not None) and not data.random_crop
     # held-out pairs: the initial backbone's features are cached whatever trains; they are the
     # model's input when the backbone is frozen and the scoring correlation always (mean_scores)
     cache_val = bool(cfg.cache_features)
     use_flip = bool(data.use_flip)
-    train_feats = (stage1_features(ctx, model, [train_recs], train_root, size, use_flip, cfg, bb_fp, progress, split if split else None)
+    train_feats = (stage1_features(ctx, model, [train_recs], train_root, size, use_flip, cfg, bb_fp, progress, split)
                    if cache_train else None)
     val_feats = stage1_features(ctx, model, [val_recs], val_root, size, use_flip, cfg, bb_fp, progress) if cache_val else None
     val_prefix = stage1_features(ctx, model, [val_recs], val_root, size, use_flip, cfg, bb_fp, progress, split) if split else None
@@ -521,7 +520,7 @@ def _train_weak(cfg, ctx, resume, max_steps, progress, backbone_factory, on_step
         if split is None:
             stage2 = optimize_for_inference(model, int(cfg.batch_size)).feature_extraction
         else:  # frozen prefix without gradient, then the trained blocks with it (WeakStep.stage2_features)
-            stage2 = _PrefixExtractor(model, split[0])
+            stage2 = split[0]
     step = WeakStep(model, scorer, ctx.device, stage2, suffix=suffix_module if split else None, backbone_frozen=backbone_frozen)
     bs = int(cfg.batch_size)
     pair_of_scorers = [scorer, ref_scorer]
