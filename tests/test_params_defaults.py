@@ -186,9 +186,9 @@ def test_a_schedule_phase_keeps_restart_from_best_out_of_the_dict_unless_set():
     from weakalign.training.params import Phase, TrainStrong
 
     d = TrainStrong().to_dict()
-    assert d["schedule"] == [{"epochs": 3, "lr": 1.0e-3}, {"epochs": 1, "lr": 2.0e-4, "restart_from_best": True}]
+    assert d["schedule"] == [{"epochs": 2, "lr": 1.0e-3}, {"epochs": 1, "lr": 2.0e-4, "restart_from_best": True}]
     t = typed(TrainStrong, d)
-    assert t.schedule[0] == Phase(epochs=3, lr=1.0e-3) and t.schedule[1].restart_from_best is True
+    assert t.schedule[0] == Phase(epochs=2, lr=1.0e-3) and t.schedule[1].restart_from_best is True
     assert as_dict(t) == d
 
 

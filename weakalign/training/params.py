@@ -98,7 +98,7 @@ class StrongData(Block):
 
 
 def _strong_schedule() -> tuple:
-    return (Phase(epochs=3, lr=1.0e-3), Phase(epochs=1, lr=2.0e-4, restart_from_best=True))
+    return (Phase(epochs=2, lr=1.0e-3), Phase(epochs=1, lr=2.0e-4, restart_from_best=True))
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class TrainStrong(Block):
     # report (never select); reference = best epoch on every row of data.val, as the original
     # train_strong.py did with its synthetic test.csv (the paper profile: the original's VOC list)
     selection: str = "heldout_split"
-    pairs_per_image: int = 2  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
+    pairs_per_image: int = 3  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
     # probability of mirroring a cached training pair left-right (features flipped, theta
     # mirrored: weakalign/training/mirror.py); 0 = the reference (no mirroring). pairs: fixed only.
     mirror_prob: float = 0.0
