@@ -138,7 +138,7 @@ NOTEBOOKS = {
         [
             "import json\nimport matplotlib\nmatplotlib.use('Agg')\nfrom pathlib import Path\n"
             "from IPython.display import Markdown, display\nfrom weakalign import reports",
-            "strong = reports.strong_curve_frame(plots_dir)\n"
+            "strong = reports.strong_curve_frame(plots_dir, metrics_dir)\n"
             "identity = {}\n"
             "for kind in ('affine', 'tps'):\n"
             "    f = Path(metrics_dir) / f'train_strong_{kind}.json'\n"

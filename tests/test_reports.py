@@ -66,3 +66,23 @@ def test_evaluate_records_the_environment_into_the_metrics():
     status = {"pf-willow": {"available": True, "pairs": 2, "models": {"m": {"available": True, "predictions": "m"}}, "environment": env}}
     metrics, _, _ = compute_metrics(status, lambda rel: _pred(SRC), [0.1])
     assert metrics["pf-willow"]["environment"] == env
+
+
+def test_strong_curve_legend_is_read_from_each_runs_records(tmp_path):
+    """The legend of the grid-loss-vs-minutes figure describes what each run did (photos x
+    warps from its metrics, epochs per learning rate from its curve), not a fixed string."""
+    from weakalign.reports import strong_curve_frame
+
+    head = "epoch,step,lr,train_loss,val_loss,heldout_grid_loss,minutes\n"
+    plots, metrics = tmp_path / "plots", tmp_path / "metrics"
+    (plots / "baseline").mkdir(parents=True)
+    (metrics / "baseline").mkdir(parents=True)
+    (plots / "train_strong_affine.csv").write_text(head + "1,10,0.001,.2,.1,.1,1\n2,20,0.001,.2,.1,.1,2\n3,30,0.0002,.2,.1,.1,3\n")
+    (metrics / "train_strong_affine.json").write_text(json.dumps({"train_images": 7001, "train_pairs": 21003, "pairs": "fixed"}))
+    (plots / "baseline" / "train_strong_affine.csv").write_text(head + "1,10,0.001,.2,.1,.1,1\n")
+    (metrics / "baseline" / "train_strong_affine.json").write_text("{not json")  # unreadable: name and schedule only
+    runs = list(dict.fromkeys(strong_curve_frame(plots, metrics)["run"]))
+    assert runs == ["this pipeline (7,001 photos x 3 warps, epochs: 2 @ 1e-3 + 1 @ 2e-4)",
+                    "previous default (epochs: 1 @ 1e-3)"]
+    # metrics_dir defaults to reports/metrics beside reports/plots
+    assert list(dict.fromkeys(strong_curve_frame(plots)["run"]))[0].startswith("this pipeline (7,001 photos x 3 warps")

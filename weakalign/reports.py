@@ -284,21 +284,58 @@ def methods_figure(df: pd.DataFrame, benchmark: str = "pf-willow"):
 # training curves (notebook 05): held-out numbers against wall-clock minutes
 # ---------------------------------------------------------------------------------------------
 
-#: Runs of the strong stage shown in the held-out grid loss vs minutes figure: (label, folder
-#: relative to ``reports/plots``, file stem). ``baseline/`` holds the previous default
-#: configuration re-run with the current code (command in docs/training.md).
+#: Runs of the strong stage shown in the held-out grid loss vs minutes figure: (name, folder
+#: relative to ``reports/plots`` and ``reports/metrics``, file stem). ``baseline/`` holds the
+#: previous default configuration re-run with the current code (command in docs/training.md).
+#: The legend describes each run from its own records (:func:`strong_run_label`), so it cannot
+#: go stale when the default profile changes.
 STRONG_CURVE_RUNS = (
-    ("this pipeline (all ~7,000 photos x 2 warps, 3+1 epochs)", ".", "train_strong_{kind}"),
-    ("previous default (2,000 photos x 1 warp, 10+5 epochs)", "baseline", "train_strong_{kind}"),
+    ("this pipeline", ".", "train_strong_{kind}"),
+    ("previous default", "baseline", "train_strong_{kind}"),
 )
 
 
-def strong_curve_frame(plots_dir: str | Path) -> pd.DataFrame:
+def _schedule_text(curve: pd.DataFrame) -> str:
+    """``"2 @ 1e-3 + 1 @ 2e-4"`` from the per-epoch ``lr`` column (consecutive epochs at one lr)."""
+    if "lr" not in curve.columns or not len(curve):
+        return ""
+    parts, prev, n = [], None, 0
+    for lr in curve.sort_values("epoch")["lr"]:
+        if prev is not None and lr != prev:
+            parts.append((n, prev))
+            n = 0
+        prev, n = lr, n + 1
+    parts.append((n, prev))
+    return " + ".join(f"{k} @ {v:.0e}".replace("e-0", "e-") for k, v in parts)
+
+
+def strong_run_label(name: str, curve: pd.DataFrame, metrics: dict | None) -> str:
+    """Legend text of a strong run: ``name (7,001 photos x 3 warps, 2 @ 1e-3 + 1 @ 2e-4)`` from
+    its metrics JSON (photos, pairs) and its curve (epochs per learning rate); just ``name``
+    when neither says anything."""
+    bits = []
+    if metrics and metrics.get("train_images") and metrics.get("train_pairs"):
+        photos, pairs = int(metrics["train_images"]), int(metrics["train_pairs"])
+        if metrics.get("pairs") == "random":
+            bits.append(f"{photos:,} photos, fresh warps every epoch")
+        else:
+            warps = pairs // photos if photos else 0
+            bits.append(f"{photos:,} photos x {warps} warp{'s' if warps != 1 else ''}")
+    sched = _schedule_text(curve)
+    if sched:
+        bits.append(f"epochs: {sched}")
+    return f"{name} ({', '.join(bits)})" if bits else name
+
+
+def strong_curve_frame(plots_dir: str | Path, metrics_dir: str | Path | None = None) -> pd.DataFrame:
     """Per epoch of every strong run found: ``run, kind, epoch, minutes, heldout_grid_loss,
     val_loss`` (minutes: since the stage started, feature caching included). Runs whose CSV is
-    missing or predates the per-epoch held-out column are skipped."""
+    missing or predates the per-epoch held-out column are skipped. ``run`` is the legend label
+    (:func:`strong_run_label`), read from ``metrics_dir`` (default: ``reports/metrics`` beside
+    ``plots_dir``)."""
+    metrics_dir = Path(metrics_dir) if metrics_dir is not None else Path(plots_dir).parent / "metrics"
     rows = []
-    for label, folder, stem in STRONG_CURVE_RUNS:
+    for name, folder, stem in STRONG_CURVE_RUNS:
         for kind in ("affine", "tps"):
             f = Path(plots_dir) / folder / f"{stem.format(kind=kind)}.csv"
             if not f.is_file():
@@ -306,6 +343,12 @@ def strong_curve_frame(plots_dir: str | Path) -> pd.DataFrame:
             d = pd.read_csv(f)
             if not {"minutes", "heldout_grid_loss"} <= set(d.columns):
                 continue
+            m = metrics_dir / folder / f"{stem.format(kind=kind)}.json"
+            try:
+                metrics = json.loads(m.read_text()) if m.is_file() else None
+            except (OSError, ValueError):
+                metrics = None
+            label = strong_run_label(name, d, metrics)
             rows.append(d.assign(run=label, kind=kind)[["run", "kind", "epoch", "minutes", "heldout_grid_loss", "val_loss"]])
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["run", "kind", "epoch", "minutes", "heldout_grid_loss", "val_loss"])
 
