@@ -297,20 +297,16 @@ STRONG_CURVE_RUNS = (
 
 def _schedule_text(curve: pd.DataFrame) -> str:
     """``"2 @ 1e-3 + 1 @ 2e-4"`` from the per-epoch ``lr`` column (consecutive epochs at one lr)."""
-    if "lr" not in curve.columns or not len(curve):
+    if "lr" not in curve.columns:
         return ""
-    parts, prev, n = [], None, 0
-    for lr in curve.sort_values("epoch")["lr"]:
-        if prev is not None and lr != prev:
-            parts.append((n, prev))
-            n = 0
-        prev, n = lr, n + 1
-    parts.append((n, prev))
-    return " + ".join(f"{k} @ {v:.0e}".replace("e-0", "e-") for k, v in parts)
+    from itertools import groupby
+
+    runs = [(len(list(g)), lr) for lr, g in groupby(curve.sort_values("epoch")["lr"])]
+    return " + ".join(f"{n} @ {lr:.0e}".replace("e-0", "e-") for n, lr in runs)
 
 
 def strong_run_label(name: str, curve: pd.DataFrame, metrics: dict | None) -> str:
-    """Legend text of a strong run: ``name (7,001 photos x 3 warps, 2 @ 1e-3 + 1 @ 2e-4)`` from
+    """Legend text of a strong run: ``name (7,001 photos x 3 warps, epochs: 2 @ 1e-3 + 1 @ 2e-4)`` from
     its metrics JSON (photos, pairs) and its curve (epochs per learning rate); just ``name``
     when neither says anything."""
     bits = []
@@ -319,7 +315,7 @@ def strong_run_label(name: str, curve: pd.DataFrame, metrics: dict | None) -> st
         if metrics.get("pairs") == "random":
             bits.append(f"{photos:,} photos, fresh warps every epoch")
         else:
-            warps = pairs // photos if photos else 0
+            warps = pairs // photos
             bits.append(f"{photos:,} photos x {warps} warp{'s' if warps != 1 else ''}")
     sched = _schedule_text(curve)
     if sched:
