@@ -121,7 +121,7 @@ class TrainStrong(Block):
     # report (never select); reference = best epoch on every row of data.val, as the original
     # train_strong.py did with its synthetic test.csv (the paper profile: the original's VOC list)
     selection: str = "heldout_split"
-    pairs_per_image: int = 3  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
+    pairs_per_image: int = 4  # warps per photo (chosen on held-out grid loss per minute: docs/training.md; reference --random-sample: 1)
     # probability of mirroring a cached training pair left-right (features flipped, theta
     # mirrored: weakalign/training/mirror.py); 0 = the reference (no mirroring). pairs: fixed only.
     mirror_prob: float = 0.0
