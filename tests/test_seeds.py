@@ -145,3 +145,19 @@ def test_seeds_tables_say_when_the_main_run_changed_since(tmp_path):
     msg = seeds_staleness(doc, tmp_path)
     assert msg.startswith("**Stale:**") and "aaaa vs bbbb" in msg
     assert seeds_staleness({"seeds": [1]}, tmp_path) is None  # old seeds.json without fingerprints
+
+
+def test_unavailable_benchmark_reason_names_files_relative_to_the_project(tmp_path, monkeypatch):
+    """seeds.json and pck.json are committed: a missing dataset's reason must not carry the clone's path."""
+    from weakalign.data.datasets import DatasetNotAvailable
+    from weakalign.data.paths import ROOT_ENV
+    from weakalign.evaluation.commands import unavailable_reason
+
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    exc = DatasetNotAvailable("pf-pascal", [tmp_path / "data/pf-pascal/a.jpg", tmp_path / "data/pf-pascal/b.jpg"],
+                              "run `weakalign data fetch pf-pascal`; or dvc repro")
+    reason = unavailable_reason(exc)
+    assert str(tmp_path) not in reason
+    assert reason == "2 file(s) missing, e.g. data/pf-pascal/a.jpg. To get it: run `weakalign data fetch pf-pascal`"
+    outside = unavailable_reason(DatasetNotAvailable("x", ["/elsewhere/c.jpg"], "fetch it"))
+    assert "/elsewhere/c.jpg" in outside

@@ -443,3 +443,27 @@ def test_bf16_backbone_trains_with_its_own_float32_feature_cache(data, tmp_path)
     assert b["source_image"].dtype == torch.float32 and not torch.equal(a["source_image"], b["source_image"])
     assert (a["source_image"] - b["source_image"]).abs().max() < 0.02
     assert np.isfinite(m16["heldout_grid_loss"]) and m16["params_fingerprint"] != m32["params_fingerprint"]
+
+
+def test_strong_fingerprint_does_not_depend_on_where_the_project_is(data, tmp_path, monkeypatch):
+    """The committed metrics carry ``params_fingerprint`` (``weakalign seeds`` compares them), so
+    a clone of the project at another place must write the same one for the same images."""
+    import shutil
+
+    from weakalign.data.paths import ROOT_ENV
+    from weakalign.training.sources import paths_digest, portable_paths_digest
+
+    prints = []
+    for where in ("clone_a", "somewhere/else/clone_b"):
+        root = tmp_path / where
+        shutil.copytree(data, root / "data")
+        monkeypatch.setenv(ROOT_ENV, str(root))
+        # the lists named relative to the project root, as params.yaml names them
+        m = train_strong(strong_cfg(Path("data"), root / "out"), "affine", progress=False, backbone_factory=TinyBackbone)
+        prints.append((m["params_fingerprint"], json.loads((root / "out" / "strong_affine.json").read_text())["params_fingerprint"]))
+        # the digest itself: relative inside the project root, unchanged outside it
+        assert portable_paths_digest([root / "data" / "img/00.png"]) == paths_digest(["data/img/00.png"])
+        assert portable_paths_digest(["/elsewhere/x.png"]) == paths_digest(["/elsewhere/x.png"])
+    assert prints[0] == prints[1]
+    # the local cache keys stay absolute (a cache belongs to its checkout)
+    assert paths_digest([tmp_path / "clone_a" / "x"]) != paths_digest([tmp_path / "somewhere/else/clone_b" / "x"])

@@ -374,7 +374,9 @@ def run(seeds, variants=None, params: str | None = None, profile: str | None = N
                     print(f"{bench} / seed {seed} / {names[v]}: predictions {cache.relative_to(root)}", flush=True)
                 per_seed[seed] = score_seed(preds, bench, eval_cfg.bootstrap)
         except DatasetNotAvailable as exc:
-            result["benchmarks"][bench] = {"available": False, "reason": str(exc)[:300]}
+            from .evaluation.commands import unavailable_reason
+
+            result["benchmarks"][bench] = {"available": False, "reason": unavailable_reason(exc)}
             continue
         agg = aggregate(per_seed)
         mb = (main.get(bench) or {}) if main.get(bench, {}).get("available") else {}

@@ -194,8 +194,9 @@ def subset(dataset, max_pairs: int):
     return evenly_spaced(dataset, max_pairs)
 
 
-def _short_reason(exc) -> str:
-    """One readable line for a missing dataset (full details stay in the exception)."""
+def unavailable_reason(exc) -> str:
+    """One readable line for a missing dataset (full details stay in the exception); the first missing
+    file is named relative to the project root, so reports do not depend on where the clone is."""
     missing = getattr(exc, "missing", None)
     how = getattr(exc, "how", "")
     if missing:
@@ -241,7 +242,7 @@ def _predict(args) -> int:
         try:
             ds = subset(get_dataset(bench, root=root / "data"), cfg.max_pairs)
         except DatasetNotAvailable as exc:
-            status[bench] = {"available": False, "reason": _short_reason(exc)}
+            status[bench] = {"available": False, "reason": unavailable_reason(exc)}
             print(f"{bench}: not available ({status[bench]['reason']})")
             continue
         status[bench] = {"available": True, "pairs": len(ds), "models": {}, "environment": environment(str(device))}

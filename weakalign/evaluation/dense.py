@@ -435,7 +435,7 @@ def caltech_metrics(predictions: dict, dataset, kinds=None, *, tps_reg_factor: f
     "valid_pairs": {measure: n}, "per_category": {name: {"pairs", measures...}},
     "per_pair": {measure: [value or None]}}}}`` (NaN reported as None).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
     records = list(dataset.records)
     _check_pairing(predictions, records)
@@ -590,7 +590,7 @@ def tss_metrics(predictions: dict, dataset, kinds=None, *, alpha: float = TSS_AL
     {name: {"pairs", "valid_pairs", "pck"}}, "average", "mean_over_pairs", "mean_without_flip",
     "valid_pairs", "per_pair": [pck or None]}}}`` (NaN reported as None).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
     from ..data.csvio import read_flo
 

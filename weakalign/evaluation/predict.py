@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
 from ..data.images import load_image, to_tensor
 from ..geometry import affine_identity, tps_identity

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
 from ..evaluation.predict import _empty_predictions, _keys, _load_images, _pair_table, flips_source
 from ..models.correlation import feature_l2norm

@@ -357,7 +357,7 @@ def _load_resume(cfg: FitConfig, ctx: DistContext):
 def progress_bar(iterable=None, **kw):
     """tqdm with rate and time left; on a terminal it refreshes twice a second, in a log
     (``dvc repro``, CI) every 30 s so the log stays readable."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
     kw.setdefault("dynamic_ncols", True)
     kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)

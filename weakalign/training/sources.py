@@ -120,7 +120,30 @@ def module_fingerprint(module: nn.Module) -> str:
 
 
 def paths_digest(paths) -> str:
+    """SHA-256 (16 hex digits) of the paths as given. Cache keys use it: a cache is local to its
+    checkout, so absolute paths are safe (and exact) there."""
     return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+
+
+def portable_paths_digest(paths) -> str:
+    """:func:`paths_digest` of the paths written relative to the project root (POSIX separators)
+    when they lie inside it, so two clones of the project at different places give the same
+    digest for the same images; paths outside the project root enter as they are.
+
+    This is what goes into a run's ``params_fingerprint``, which is committed with the reports and
+    compared across machines (``weakalign seeds``)."""
+    from ..data.paths import project_root
+
+    roots = dict.fromkeys((project_root(), project_root().resolve()))  # as found, and without symlinks
+
+    def portable(p) -> str:
+        path = Path(p)
+        for root in roots:
+            if path.is_absolute() and path.is_relative_to(root):
+                return path.relative_to(root).as_posix()
+        return path.as_posix()
+
+    return paths_digest(portable(p) for p in paths)
 
 
 def cache_path(cache_dir, name: str, key: dict) -> Path:

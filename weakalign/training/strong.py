@@ -42,6 +42,7 @@ from .sources import (
     image_list,
     module_fingerprint,
     paths_digest,
+    portable_paths_digest,
     subsample,
 )
 from .mirror import mirror_features, mirror_theta
@@ -277,7 +278,8 @@ def _train_strong(cfg, kind, ctx, resume, max_steps, progress, backbone_factory,
             "padding_factor": data.padding_factor, "crop_factor": data.crop_factor}
     step = StrongStep(model, loss, ctx.device, warp)
     task = StrongTask(model, step, train_ds, val_ds, ctx, int(cfg.batch_size), heldout_dataset=heldout_ds)
-    fp = fingerprint(cfg, {"kind": kind, "backbone": bb_fp, "train": paths_digest(train_paths), "val": paths_digest(val_paths)})
+    fp = fingerprint(cfg, {"kind": kind, "backbone": bb_fp, "train": portable_paths_digest(train_paths),
+                           "val": portable_paths_digest(val_paths)})
     meta = {"stage": "train-strong", "geometric_model": kind, "profile": cfg.profile, "params_fingerprint": fp}
     fit_cfg = engine.FitConfig(
         seed=seed, batch_size=int(cfg.batch_size), schedule=cfg.schedule, weight_decay=float(cfg.weight_decay),
