@@ -124,13 +124,15 @@ def _inference_case(q, backbone, batch, image_size, weights, min_run_time):
     q.put(r)
 
 
-def _training_step_case(q, stage, batch, image_size, weights, min_run_time):
-    """One optimiser step of a training stage, as the default profile runs it.
+def _training_step_case(q, stage, batch, image_size, weights, min_run_time, stage2_backbone_grad=True):
+    """One optimiser step of a training stage.
 
     strong_affine / strong_tps: cached backbone features (``pairs: fixed``), grid loss, Adam on
     the regression head. weak: two-stage model, stage-1 features cached, the affine-warped
-    source re-encoded by the frozen backbone (gradients flow through it to θ_aff), soft-inlier
-    loss, Adam on both regression heads (``train_parts: regressors``)."""
+    source re-encoded by the frozen backbone, soft-inlier loss, Adam on both regression heads
+    (``train_parts: regressors``); with ``stage2_backbone_grad`` (the reference) gradients flow
+    through the backbone to θ_aff, without it (the default profile) the re-encoding is the traced
+    backbone under ``no_grad``."""
     torch.set_num_threads(int(os.environ.get("WEAKALIGN_BENCH_THREADS", torch.get_num_threads())))
     torch.manual_seed(0)
     from weakalign.models import CNNGeometric, ModelConfig
@@ -160,7 +162,12 @@ def _training_step_case(q, stage, batch, image_size, weights, min_run_time):
         model.regression.train()
         model.regression2.train()
         fh = image_size // 16
-        step = WeakStep(model, TwoStageInlierScore(fh, fh), "cpu")
+        stage2 = None
+        if not stage2_backbone_grad:
+            from weakalign.models.inference import optimize_for_inference
+
+            stage2 = optimize_for_inference(model, batch).feature_extraction
+        step = WeakStep(model, TwoStageInlierScore(fh, fh), "cpu", stage2)
         src = torch.rand(batch, 3, image_size, image_size)
         with torch.no_grad():
             f = model.extract(torch.cat((src, torch.rand(batch, 3, image_size, image_size))))

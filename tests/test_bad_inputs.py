@@ -325,3 +325,24 @@ def test_bootstrap_resamples_below_100_refused_when_params_are_read(tmp_path):
     with _pytest.raises(Exception, match=r"bootstrap\.resamples must be >= 100, got 50") as exc:
         load_block(p)
     assert "\n" not in str(exc.value)
+
+
+def test_audit_reason_for_an_unreadable_image_does_not_carry_its_path(tmp_path):
+    """leakage.json is a tracked pipeline output: its reasons must not depend on where the clone is."""
+    from weakalign.data.audit import _hash_job
+
+    bad = tmp_path / "deep" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    path, h, hf, err = _hash_job((bad, 8, False))
+    assert h is None and err.startswith("corrupt or truncated image") and str(tmp_path) not in err
+    gone = tmp_path / "missing.jpg"
+    assert str(tmp_path) not in _hash_job((gone, 8, False))[3]
+
+
+def test_mirror_origin_is_recorded_relative_to_the_mirror(tmp_path):
+    from weakalign.data.prepare import portable_origin
+
+    assert portable_origin(f"mirror:{tmp_path}/pf-willow/test_pairs_pf.csv", tmp_path) == "mirror:pf-willow/test_pairs_pf.csv"
+    assert portable_origin("mirror:/elsewhere/x.csv", tmp_path) == "mirror:x.csv"
+    assert portable_origin("https://example.org/x.csv", tmp_path) == "https://example.org/x.csv"

@@ -86,3 +86,31 @@ def test_backbone_variants_agree(monkeypatch, tmp_path):
     for r in v["variants"].values():
         assert r["max_abs_diff_to_eager"] <= 1e-3 * v["eager_max_abs"] and r["median_per_image_s"] > 0
     assert "| frozen_onednn_fusion |" in run.variants_markdown(v)
+
+
+def test_lever_projection_scales_each_runs_caching_and_training(monkeypatch):
+    """prepare x backbone ratio + training x step ratio, per run, summed as added minutes."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import levers
+
+    runs = {"train_strong_affine": {"prepare_seconds": 60.0, "training_seconds": 30.0},
+            "train_strong_tps": {"prepare_seconds": 60.0, "training_seconds": 30.0},
+            "train_weak": {"prepare_seconds": 6.0, "training_seconds": 60.0},
+            "ablations/train_weak_no_mask": {"prepare_seconds": None, "training_seconds": 60.0}}  # skipped: no record
+    p = levers.project(runs, {"backbone": 2.0, "strong_affine": 3.0, "strong_tps": 4.0, "weak": 2.5})
+    # affine 120+90-90, tps 120+120-90, weak 12+150-66 = 120 + 150 + 96 = 366 s
+    assert p["added_minutes"] == pytest.approx(366 / 60)
+    assert set(p["runs"]) == {"train_strong_affine", "train_strong_tps", "train_weak"}
+    assert levers.project(runs, {"backbone": 1.0, "strong_affine": 1.0, "strong_tps": 1.0, "weak": 1.0})["added_minutes"] == 0
+
+
+@pytest.mark.slow
+def test_quick_lever_benchmark_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import levers
+
+    assert levers.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "levers.json").read_text())
+    assert set(res["steps"]) == {"strong_affine", "strong_tps", "weak"} and len(res["levers"]) == 2
+    assert all(r["ms_per_image"] > 0 for r in res["backbone"].values())
+    assert "minutes added" in (tmp_path / "levers.md").read_text()

@@ -156,10 +156,14 @@ def test_ncnet_through_evaluate_predict_and_metrics(tmp_path, monkeypatch, tiny_
 
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  batch_size: 4\n  benchmarks: [pf-willow, caltech-101]\n"
-                      "  models:\n    identity: {type: identity}\n    ncnet: {type: ncnet, checkpoint: models/nc.pt}\n")
+                      "  models:\n    identity: {type: identity}\n    ncnet: {type: ncnet, checkpoint: models/nc.pt}\n"
+                      "    later: {type: ncnet, checkpoint: models/later.pt, optional: true}\n")
     args = type("A", (), {"params": str(params), "quiet": True})()
     assert commands._predict(args) == 0
     status = json.loads((tmp_path / "data" / "predictions" / "status.json").read_text())
+    # an optional model not trained yet is a counted skip whose reason names the file relative to the project
+    later = status["pf-willow"]["models"]["later"]
+    assert later["available"] is False and "models/later.pt" in later["reason"] and str(tmp_path) not in later["reason"]
     assert status["pf-willow"]["models"]["ncnet"]["available"]
     assert status["caltech-101"]["models"]["ncnet"] == {"available": False, "reason": commands.NCNET_DENSE_REASON}
     assert commands._metrics(args) == 0

@@ -86,6 +86,10 @@ def test_every_notebook_executes_on_a_tiny_fixture(tiny_willow, tiny_backbone, t
         params = {k: v for k, v in common.items() if k in declared}
         out = execute(nb, tmp_path / "reports", params, cwd=ROOT)
         assert out.is_file() and (tmp_path / "reports" / f"{nb.stem}.html").is_file()
+        # executed notebooks are committed as reports: no warning (with the clone's paths in it) in them
+        stderr = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                         for o in c.get("outputs", []) if o.get("name") == "stderr")
+        assert "Warning" not in stderr, (nb.name, stderr[:500])
     figs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert "qualitative_pf-willow_0.png" in figs and "pck_curve_pf-willow.png" in figs, figs
     assert "methods_pf-willow.png" in figs and (tmp_path / "out" / "methods_pf-willow.md").is_file(), figs

@@ -76,8 +76,10 @@ def _hash_job(args):
     path, hash_size, with_flip = args
     try:
         arr = load_image(path)
-    except (CorruptImageError, OSError) as exc:
-        return path, None, None, str(exc)
+    except CorruptImageError as exc:  # the reason alone: the path is the key (written relative to the data root)
+        return path, None, None, f"corrupt or truncated image: {exc.reason}"
+    except OSError as exc:
+        return path, None, None, f"unreadable: {exc.strerror or type(exc).__name__}"
     h = phash_array(arr, hash_size)
     hf = phash_array(np.ascontiguousarray(arr[:, ::-1]), hash_size) if with_flip else None
     return path, h, hf, None
@@ -252,7 +254,7 @@ def pf_pascal_pair_overlap(root: Path) -> dict:
     d = root / "pf-pascal"
     files = {"train": d / "train_pairs_pf_pascal.csv", "test": d / "test_pairs_pf_pascal.csv",
              "val": d / "val_pairs_pf_pascal.csv"}
-    missing = [str(p) for p in files.values() if not p.is_file()]
+    missing = [p.relative_to(root).as_posix() for p in files.values() if not p.is_file()]  # relative: committed in leakage.json
     if missing:
         return {"available": False, "count": "not available",
                 "pairs": "not available", "reason": f"missing {missing}"}

@@ -85,6 +85,19 @@ def fetch_sources(sources: list[SourceFile], root: Path, mirror: Path | None, *,
     return status
 
 
+def portable_origin(origin: str, mirror: Path | None) -> str:
+    """``mirror:<path inside the mirror>`` for a file copied from the offline mirror (where the
+    mirror lies is the machine's business, and the provenance file is a tracked pipeline output);
+    any other origin (a URL, ``present``) as it is."""
+    if origin.startswith("mirror:") and mirror is not None:
+        p = Path(origin[len("mirror:"):])
+        try:
+            return f"mirror:{p.relative_to(mirror).as_posix()}"
+        except ValueError:
+            return f"mirror:{p.name}"
+    return origin
+
+
 def prepare_pf_willow(root: Path, mirror: Path | None, *, force_rebuild: bool = False,
                       timeout: float = 20.0, log=print) -> dict:
     """Make ``pf-willow/test_pairs_pf.csv``: the official file when obtainable, else rebuilt
@@ -105,7 +118,7 @@ def prepare_pf_willow(root: Path, mirror: Path | None, *, force_rebuild: bool = 
             res = fetch(src, d, mirror=mirror, timeout=timeout)
             records = read_pf_willow_pairs(out, expected_rows=900)
             diff = pfwillow.compare_with_annotations(records, d)
-            prov = {"source": "official", "origin": res.origin, "sha256": res.sha256,
+            prov = {"source": "official", "origin": portable_origin(res.origin, mirror), "sha256": res.sha256,
                     "max_abs_difference_to_mat_annotations": diff}
             log(f"  test_pairs_pf.csv: official file ({res.origin}); max |csv - .mat| = {diff:.3g} px")
         except SourceUnavailable as exc:

@@ -260,7 +260,9 @@ def _predict(args) -> int:
                 model = method.load(spec, root)
             except FileNotFoundError as exc:
                 if spec.get("optional"):
-                    status[bench]["models"][name] = {"available": False, "reason": str(exc)}
+                    # relative to the project root: the reason is committed (pck.json, tables, README)
+                    reason = str(exc).replace(f"{root.resolve()}/", "").replace(f"{root}/", "")
+                    status[bench]["models"][name] = {"available": False, "reason": reason}
                     print(f"{bench} / {name}: skipped ({exc})")
                     continue
                 from weakalign.cli import UserError
