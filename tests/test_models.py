@@ -173,6 +173,8 @@ class _Exploit:
         return (Path.touch, (Path(_Exploit.target),))
 
 
+# torch warns about the pickle protocol before refusing; the refusal is what is checked
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     _Exploit.target = str(tmp_path / "pwned")
     path = tmp_path / "evil.pth.tar"
