@@ -1,0 +1,111 @@
+"""The cross-resolution yardstick (weakalign.training.yardstick): at a model's own input size it
+is the training code's held-out score; theta carries over between sizes; bad inputs are refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_backbone import TinyBackbone
+from torch import nn
+
+from test_training import SIZE, _write_images, strong_cfg, weak_cfg  # noqa: F401  (shared tiny setup)
+from weakalign.cli import UserError
+from weakalign.geometry import tps_identity
+from weakalign.losses import TwoStageInlierScore
+from weakalign.models import ModelConfig, TwoStageCNNGeometric
+from weakalign.training.strong import train_strong
+from weakalign.training.weak import WeakPairs, train_weak
+from weakalign.training.yardstick import heldout_records, load_two_stage, main, yardstick_scores
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("yardstick-data")
+    names = _write_images(root, 12)
+    (root / "strong_train.csv").write_text("image,category\n" + "".join(f"{n},c\n" for n in names[:6]))
+    (root / "strong_val.csv").write_text("image,category\n" + "".join(f"{n},c\n" for n in names[6:8]))
+    pairs = [(names[i], names[(i + 1) % 6], i % 2) for i in range(4)]
+    (root / "weak_train.csv").write_text("source_image,target_image,class,flip\n" + "".join(f"{a},{b},c,{f}\n" for a, b, f in pairs))
+    val = [(names[6 + i], names[6 + (i + 2) % 6], i % 2) for i in range(6)]  # flips in the report rows too
+    (root / "weak_val.csv").write_text("source_image,target_image,class,flip\n" + "".join(f"{a},{b},c,{f}\n" for a, b, f in val))
+    return root
+
+
+class Const(nn.Module):
+    """A regression head that ignores the correlation and returns one fixed theta."""
+
+    def __init__(self, theta):
+        super().__init__()
+        self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32))
+
+    def forward(self, corr):
+        return self.theta.expand(corr.shape[0], -1)
+
+
+def _fixed_model(size, backbone, theta_aff, theta_tps):
+    m = TwoStageCNNGeometric(ModelConfig(backbone="tiny", image_size=tuple(size)), backbone=copy.deepcopy(backbone))
+    m.regression, m.regression2 = Const(theta_aff), Const(theta_tps)
+    return m.eval()
+
+
+def test_at_the_models_own_size_it_is_the_training_codes_heldout_score(data, tmp_path):
+    strong = tmp_path / "strong"
+    for kind in ("affine", "tps"):
+        train_strong(strong_cfg(data, strong, schedule=[{"epochs": 1, "lr": 1e-3}]), kind, progress=False, backbone_factory=TinyBackbone)
+    cfg = weak_cfg(data, tmp_path / "weak", strong, schedule=[{"epochs": 1, "lr": 1e-3}])
+    metrics = train_weak(cfg, progress=False, backbone_factory=TinyBackbone)
+    model = load_two_stage(f"{strong / 'strong_affine.pt'}+{strong / 'strong_tps.pt'}", backbone_factory=TinyBackbone)
+    records, root = heldout_records(cfg, "report")
+    assert len(records) == 3  # odd rows of the 6 held-out pairs
+    scores = yardstick_scores({"init": model}, records, root, [tuple(SIZE)], cfg.loss.to_dict(), seed=int(cfg.seed), batch_size=2)
+    assert scores["init"][tuple(SIZE)] == pytest.approx(metrics["heldout_score_before"], rel=1e-5, abs=1e-7)
+    assert scores["identity"][tuple(SIZE)] == pytest.approx(metrics["heldout_score_identity"], rel=1e-5, abs=1e-7)
+    assert heldout_records(cfg, "all")[0][1::2] == records and len(heldout_records(cfg, "selection")[0]) == 3
+
+
+def test_theta_is_scored_the_same_whatever_size_the_model_ran_at(data, tmp_path):
+    torch.manual_seed(0)
+    backbone = TinyBackbone().eval()
+    theta_aff = [0.9, 0.05, 0.1, -0.04, 1.1, -0.05]
+    theta_tps = (tps_identity(1)[0] + 0.03 * torch.randn(18)).tolist()
+    small = _fixed_model((176, 176), backbone, theta_aff, theta_tps)
+    large = _fixed_model((208, 208), backbone, theta_aff, theta_tps)  # 13 x 13 cells instead of 11 x 11
+    records, root = heldout_records(weak_cfg(data, tmp_path, tmp_path), "all")
+    sizes = [(176, 176), (208, 208)]
+    s = yardstick_scores({"small": small, "large": large}, records, root, sizes, {}, batch_size=4)
+    for size in sizes:
+        assert s["small"][size] == pytest.approx(s["large"][size], rel=1e-6)
+        assert s["small"][size] != pytest.approx(s["identity"][size], rel=1e-3)  # theta matters
+    # hand check of one column: the score of this theta on the 208 x 208 correlation, computed directly
+    ds = WeakPairs(records, root, (208, 208), True, False, 1, "val")
+    fe, corr_mod = large.feature_extraction, large.correlation
+    total = 0.0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            b = ds[i]
+            corr = corr_mod(fe(fe.normalize(b["source_image"][None])), fe(fe.normalize(b["target_image"][None])))
+            sc = TwoStageInlierScore(13, 13)(torch.tensor([theta_aff]), torch.tensor([theta_tps]), corr)
+            total += float(sc.double().sum())
+    assert s["large"][(208, 208)] == pytest.approx(total / len(ds), rel=1e-5)
+
+
+def test_models_with_different_backbones_are_refused(data, tmp_path):
+    torch.manual_seed(0)
+    a = _fixed_model((176, 176), TinyBackbone(), [1, 0, 0, 0, 1, 0], tps_identity(1)[0].tolist())
+    b = _fixed_model((176, 176), TinyBackbone(), [1, 0, 0, 0, 1, 0], tps_identity(1)[0].tolist())
+    records, root = heldout_records(weak_cfg(data, tmp_path, tmp_path), "all")
+    with pytest.raises(UserError, match="different backbones"):
+        yardstick_scores({"a": a, "b": b}, records, root, [(176, 176)], {})
+
+
+def test_command_line_errors_name_the_problem(tmp_path, capsys):
+    assert main(["--model", "nospec", "--at", "240"]) == 2
+    assert "expected NAME=SPEC" in capsys.readouterr().err
+    assert main(["--model", "identity=x.pt", "--at", "240"]) == 2
+    assert main(["--model", f"a={tmp_path / 'missing.pt'}", "--at", "240"]) == 2
+    assert "missing.pt not found" in capsys.readouterr().err
+    assert main(["--model", f"a={tmp_path / 'a.pt'}+{tmp_path / 'b.pt'}+{tmp_path / 'c.pt'}", "--at", "240"]) == 2
+    assert main(["--model", "a=x.pt", "--at", "3"]) == 2
+    assert "a size in pixels" in capsys.readouterr().err

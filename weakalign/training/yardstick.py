@@ -1,0 +1,225 @@
+"""Held-out soft-inlier score of two-stage models on one fixed correlation, whatever their input size.
+
+``python -m weakalign.training.yardstick --model NAME=SPEC ... --at 240 [--at 320] [--out FILE]``
+
+Why: the weak stage's held-out score (``heldout_score_before`` / ``_after`` in
+``reports/metrics/train_weak.json``) is taken on the model's *own* stage-1 correlation: 15 x 15
+cells for a 240 x 240 model, 20 x 20 for a 320 x 320 one. Those two numbers cannot be compared
+(another number of cells, another normalisation of the mask). The transformations can: theta maps
+target to source in normalised coordinates (``docs/conventions.md``), independent of the input
+size. So each model predicts theta at its own input size, and every theta is scored on the *same*
+correlation: the frozen backbone's, from the images resized to ``--at`` (one column per size).
+At the model's own size this is exactly the training code's held-out score (tested against
+``train_weak``'s ``heldout_score_before``).
+
+What is scored (the training code's conventions, read from ``train_weak`` in the params file):
+the held-out pair list ``train_weak.data.val`` subsampled as the stage does
+(``max_val_pairs``, ``seed``), its *odd* rows (the report rows; ``--rows selection``: the even
+rows that select epochs, ``all``: both), flips as listed, the loss's ``TwoStageInlierScore`` with
+``train_weak.loss``. No keypoints are used anywhere. The identity transformation is scored too
+(row ``identity``), as the floor.
+
+SPEC: ``AFFINE.pt+TPS.pt`` (two strong one-stage checkpoints, assembled like ``train_weak``'s
+init) or ``TWO_STAGE.pt`` (a ``train_weak`` output). All models must share one frozen backbone
+(the default profile trains regressors only); the correlation of column ``--at S`` is that
+backbone's on S x S images. Output: a Markdown table on stdout and, with ``--out``, a JSON file
+(written atomically) with every number and the inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["heldout_records", "load_two_stage", "yardstick_scores", "main"]
+
+
+def _user_error(msg: str):
+    from weakalign.cli import UserError
+
+    return UserError(msg)
+
+
+def heldout_records(cfg, rows: str = "report"):
+    """``(records, image_root)`` of the weak stage's held-out pairs as ``train_weak`` builds them:
+    ``data.val`` subsampled to ``data.max_val_pairs`` (seed ``cfg.seed``); even rows select
+    epochs, odd rows are the reported before/after numbers (``rows``: report | selection | all)."""
+    from .sources import pair_list, subsample
+
+    data = cfg.data
+    recs, root = pair_list(data.val, data.root, "train_weak.data.val", data.use_flip)
+    recs = [recs[i] for i in subsample(len(recs), int(data.max_val_pairs), int(cfg.seed), "weak-val-pairs")]
+    picked = {"selection": recs[0::2], "report": recs[1::2], "all": recs}
+    if rows not in picked:
+        raise _user_error(f"rows must be one of {', '.join(picked)} (got {rows!r})")
+    return picked[rows], root
+
+
+def load_two_stage(spec: str, backbone_factory=None):
+    """A :class:`~weakalign.models.TwoStageCNNGeometric` from ``AFFINE.pt+TPS.pt`` or ``TWO_STAGE.pt``
+    (``backbone_factory``: builds a backbone the registry does not know, for the strong pair; tests)."""
+    from ..models import TwoStageCNNGeometric, load_checkpoint
+    from .weak import load_stage
+
+    parts = [Path(p) for p in spec.split("+")]
+    for p in parts:
+        if not p.is_file():
+            raise _user_error(f"model file {p} not found (in --model ...={spec})")
+    if len(parts) == 2:
+        aff, tps = load_stage(parts[0], "affine", backbone_factory), load_stage(parts[1], "tps", backbone_factory)
+        try:
+            return TwoStageCNNGeometric.from_stages(aff, tps)
+        except ValueError as exc:
+            raise _user_error(f"{parts[0]} and {parts[1]} cannot be combined: {exc}") from exc
+    if len(parts) == 1:
+        model, _ = load_checkpoint(parts[0])
+        if model.geometric_model != "affine_tps":
+            raise _user_error(f"{parts[0]} holds a {model.geometric_model} model; give AFFINE.pt+TPS.pt or a two-stage checkpoint")
+        return model
+    raise _user_error(f"model spec {spec!r}: expected AFFINE.pt+TPS.pt or TWO_STAGE.pt")
+
+
+def _same_backbone(models: dict) -> None:
+    names = list(models)
+    ref = models[names[0]].feature_extraction.state_dict()
+    for n in names[1:]:
+        sd = models[n].feature_extraction.state_dict()
+        if sd.keys() != ref.keys() or any(not torch.equal(sd[k], ref[k]) for k in ref):
+            raise _user_error(f"models {names[0]} and {n} have different backbones; the yardstick needs one frozen backbone "
+                              "shared by every model (train_parts: regressors)")
+
+
+@torch.no_grad()
+def yardstick_scores(models: dict, records, image_root, sizes, loss: dict, *, use_flip: bool = True, seed: int = 1,
+                     batch_size: int = 16, device="cpu", progress: bool = False) -> dict:
+    """``{name: {size: mean score}}`` (plus ``"identity"``) over ``records``: theta from each model
+    at its own input size, scored with ``TwoStageInlierScore(**loss)`` on the stage-1 correlation
+    of the shared backbone at each of ``sizes`` (``(h, w)`` tuples)."""
+    from torch.utils.data import DataLoader
+
+    from ..geometry import affine_identity, tps_identity
+    from ..losses import TwoStageInlierScore
+    from .weak import WeakPairs
+
+    if not models:
+        raise _user_error("no model to score")
+    if not records:
+        raise _user_error("no held-out pair to score")
+    _same_backbone(models)
+    device = torch.device(device)
+    for m in models.values():
+        m.to(device).eval()
+    first = next(iter(models.values()))
+    fe, correlation = first.feature_extraction, first.correlation
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    needed = sorted({*sizes, *(tuple(m.config.image_size) for m in models.values())})
+    loaders = {s: DataLoader(WeakPairs(records, image_root, s, use_flip, False, seed, "val"), batch_size=batch_size, shuffle=False)
+               for s in needed}
+    scorers = {}
+    sums = {n: {s: 0.0 for s in sizes} for n in [*models, "identity"]}
+    count = 0
+    batches = zip(*(loaders[s] for s in needed))
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=len(loaders[needed[0]]), desc="yardstick", unit="batch")
+    for group in batches:
+        by_size = dict(zip(needed, group))
+        thetas = {}
+        for n, m in models.items():
+            b = by_size[tuple(m.config.image_size)]
+            out = m(b["source_image"].to(device), b["target_image"].to(device))
+            thetas[n] = (out.theta_aff, out.theta_aff_tps)
+        for s in sizes:
+            b = by_size[s]
+            corr = correlation(fe(fe.normalize(b["source_image"].to(device))), fe(fe.normalize(b["target_image"].to(device))))
+            if s not in scorers:
+                scorers[s] = TwoStageInlierScore(corr.shape[-2], corr.shape[-1], **loss).to(device)
+            k = corr.shape[0]
+            thetas["identity"] = (affine_identity(k, device=device), tps_identity(k, device=device))
+            for n, (ta, tt) in thetas.items():
+                sums[n][s] += float(scorers[s](ta, tt, corr).double().sum())
+        count += int(group[0]["source_image"].shape[0])
+    return {n: {s: v / count for s, v in per.items()} for n, per in sums.items()}
+
+
+def _label(size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def markdown(scores: dict, models: dict, feature_sizes: dict, pairs: int, rows: str) -> str:
+    sizes = list(next(iter(scores.values())))
+    head = "| model | input | " + " | ".join(f"score on the {_label(feature_sizes[s])} correlation ({_label(s)} images)"
+                                               for s in sizes) + " |"
+    lines = [head, "|" + "---|" * (2 + len(sizes))]
+    for n, per in scores.items():
+        size = _label(models[n].config.image_size) if n in models else "-"
+        lines.append(f"| {n} | {size} | " + " | ".join(f"{per[s]:.5f}" for s in sizes) + " |")
+    lines.append("")
+    lines.append(f"{pairs} held-out pairs ({rows} rows); mean two-stage soft-inlier score (train_weak.loss); no keypoints.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from ..atomic import write_json
+    from ..cli import UserError
+    from .params import read_params_file, resolve
+
+    p = argparse.ArgumentParser(prog="python -m weakalign.training.yardstick", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
+                   help="a model to score: NAME=AFFINE.pt+TPS.pt or NAME=TWO_STAGE.pt (repeatable)")
+    p.add_argument("--at", action="append", type=int, required=True, metavar="SIZE",
+                   help="square image size of a scoring correlation (repeatable), e.g. 240 (15 x 15 cells)")
+    p.add_argument("--rows", default="report", choices=["report", "selection", "all"])
+    p.add_argument("--params", default=None, help="parameters file (default: params.yaml at the project root)")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="JSON file to write (atomically)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        specs = {}
+        for item in args.model:
+            name, sep, spec = item.partition("=")
+            if not sep or not name or not spec or name == "identity" or name in specs:
+                raise _user_error(f"--model {item!r}: expected NAME=SPEC with a new NAME other than 'identity'")
+            specs[name] = spec
+        if any(s < 16 for s in args.at):
+            raise _user_error(f"--at {min(args.at)}: a size in pixels, e.g. 240")
+        models = {n: load_two_stage(s) for n, s in specs.items()}
+        doc, path = read_params_file(args.params)
+        cfg = resolve("train_weak", doc, where=str(path), profile=args.profile)
+        records, root = heldout_records(cfg, args.rows)
+        sizes = [(s, s) for s in dict.fromkeys(args.at)]
+        scores = yardstick_scores(models, records, root, sizes, cfg.loss.to_dict(), use_flip=bool(cfg.data.use_flip),
+                                  seed=int(cfg.seed), batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ..models.cnngeometric import _feature_size
+
+    first = next(iter(models.values()))
+    feature_sizes = {s: _feature_size(first.feature_extraction, s) for s in sizes}
+    print(markdown(scores, models, feature_sizes, len(records), args.rows))
+    if args.out:
+        write_json(args.out, {
+            "command": "python -m weakalign.training.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
+            "rows": args.rows, "pairs": len(records), "profile": cfg.profile, "loss": cfg.loss.to_dict(),
+            "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size)} for n in models},
+            "scores": {n: {_label(s): v for s, v in per.items()} for n, per in scores.items()},
+            "correlation_cells": {_label(s): list(feature_sizes[s]) for s in sizes},
+            "seconds": round(time.perf_counter() - t0, 1),
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
