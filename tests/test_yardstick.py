@@ -109,3 +109,21 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     assert main(["--model", f"a={tmp_path / 'a.pt'}+{tmp_path / 'b.pt'}+{tmp_path / 'c.pt'}", "--at", "240"]) == 2
     assert main(["--model", "a=x.pt", "--at", "3"]) == 2
     assert "a size in pixels" in capsys.readouterr().err
+
+
+def test_summary_pairs_the_differences():
+    import numpy as np
+
+    from weakalign.training.yardstick import markdown, summarise
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.3, 50)
+    per_pair = {"a": {(240, 240): base}, "b": {(240, 240): base + 0.01}, "identity": {(240, 240): base - rng.uniform(0, 0.05, 50)}}
+    s = summarise(per_pair, "a", resamples=200)
+    d = s["b"][(240, 240)]["minus_a"]
+    assert d["estimate"] == pytest.approx(0.01) and d["low"] == pytest.approx(0.01) and d["high"] == pytest.approx(0.01)
+    m = s["a"][(240, 240)]["mean"]
+    assert m["estimate"] == pytest.approx(base.mean()) and m["low"] < m["estimate"] < m["high"]
+    assert "minus_a" not in s["a"][(240, 240)] and s["identity"][(240, 240)]["minus_a"]["high"] < 0
+    text = markdown(s, {}, {(240, 240): (15, 15)}, 50, "report", "a")
+    assert "15x15 correlation (240x240 images)" in text and "minus a: +0.0100 [+0.0100, +0.0100]" in text

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["heldout_records", "load_two_stage", "yardstick_scores", "main"]
+__all__ = ["heldout_records", "load_two_stage", "yardstick_scores", "per_pair_scores", "summarise", "main"]
 
 
 def _user_error(msg: str):
@@ -94,12 +94,19 @@ def _same_backbone(models: dict) -> None:
                               "shared by every model (train_parts: regressors)")
 
 
-@torch.no_grad()
-def yardstick_scores(models: dict, records, image_root, sizes, loss: dict, *, use_flip: bool = True, seed: int = 1,
-                     batch_size: int = 16, device="cpu", progress: bool = False) -> dict:
+def yardstick_scores(models: dict, records, image_root, sizes, loss: dict, **kw) -> dict:
     """``{name: {size: mean score}}`` (plus ``"identity"``) over ``records``: theta from each model
     at its own input size, scored with ``TwoStageInlierScore(**loss)`` on the stage-1 correlation
-    of the shared backbone at each of ``sizes`` (``(h, w)`` tuples)."""
+    of the shared backbone at each of ``sizes`` (``(h, w)`` tuples). Keywords: those of
+    :func:`per_pair_scores`."""
+    per = per_pair_scores(models, records, image_root, sizes, loss, **kw)
+    return {n: {s: float(v.mean()) for s, v in d.items()} for n, d in per.items()}
+
+
+@torch.no_grad()
+def per_pair_scores(models: dict, records, image_root, sizes, loss: dict, *, use_flip: bool = True, seed: int = 1,
+                    batch_size: int = 16, device="cpu", progress: bool = False) -> dict:
+    """``{name: {size: float64 array of one score per record}}``, as :func:`yardstick_scores` averages them."""
     from torch.utils.data import DataLoader
 
     from ..geometry import affine_identity, tps_identity
@@ -121,8 +128,7 @@ def yardstick_scores(models: dict, records, image_root, sizes, loss: dict, *, us
     loaders = {s: DataLoader(WeakPairs(records, image_root, s, use_flip, False, seed, "val"), batch_size=batch_size, shuffle=False)
                for s in needed}
     scorers = {}
-    sums = {n: {s: 0.0 for s in sizes} for n in [*models, "identity"]}
-    count = 0
+    parts = {n: {s: [] for s in sizes} for n in [*models, "identity"]}
     batches = zip(*(loaders[s] for s in needed))
     if progress:
         from tqdm import tqdm
@@ -143,25 +149,55 @@ def yardstick_scores(models: dict, records, image_root, sizes, loss: dict, *, us
             k = corr.shape[0]
             thetas["identity"] = (affine_identity(k, device=device), tps_identity(k, device=device))
             for n, (ta, tt) in thetas.items():
-                sums[n][s] += float(scorers[s](ta, tt, corr).double().sum())
-        count += int(group[0]["source_image"].shape[0])
-    return {n: {s: v / count for s, v in per.items()} for n, per in sums.items()}
+                parts[n][s].append(scorers[s](ta, tt, corr).double().cpu())
+    return {n: {s: torch.cat(v).numpy() for s, v in per.items()} for n, per in parts.items()}
 
 
 def _label(size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def markdown(scores: dict, models: dict, feature_sizes: dict, pairs: int, rows: str) -> str:
-    sizes = list(next(iter(scores.values())))
+def summarise(per_pair: dict, baseline: str, resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean with a 95% BCa bootstrap interval per model and size, and each model's paired
+    difference to ``baseline`` (same resampled pairs for both; :mod:`weakalign.evaluation.stats`)."""
+    import numpy as np
+
+    from ..evaluation.stats import multiplicities, weighted_mean_ci
+
+    out = {}
+    for n, per in per_pair.items():
+        out[n] = {}
+        for s, v in per.items():
+            counts = multiplicities(len(v), resamples, seed)
+            w = np.ones(len(v))
+            row = {"mean": weighted_mean_ci(v, w, counts)}
+            if n != baseline:
+                row[f"minus_{baseline}"] = weighted_mean_ci(v - per_pair[baseline][s], w, counts)
+            out[n][s] = {k: {"estimate": r["estimate"], "low": r["low"], "high": r["high"]} for k, r in row.items()}
+    return out
+
+
+def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows: str, baseline: str) -> str:
+    from ..evaluation.stats import fmt_ci, fmt_signed_ci
+
+    sizes = list(next(iter(summary.values())))
     head = "| model | input | " + " | ".join(f"score on the {_label(feature_sizes[s])} correlation ({_label(s)} images)"
                                                for s in sizes) + " |"
     lines = [head, "|" + "---|" * (2 + len(sizes))]
-    for n, per in scores.items():
+    for n, per in summary.items():
         size = _label(models[n].config.image_size) if n in models else "-"
-        lines.append(f"| {n} | {size} | " + " | ".join(f"{per[s]:.5f}" for s in sizes) + " |")
+        cells = []
+        for s in sizes:
+            m = per[s]["mean"]
+            cell = fmt_ci(m["estimate"], m["low"], m["high"], digits=4)
+            d = per[s].get(f"minus_{baseline}")
+            if d is not None:
+                cell += f"; minus {baseline}: {fmt_signed_ci(d['estimate'], d['low'], d['high'], digits=4)}"
+            cells.append(cell)
+        lines.append(f"| {n} | {size} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"{pairs} held-out pairs ({rows} rows); mean two-stage soft-inlier score (train_weak.loss); no keypoints.")
+    lines.append(f"{pairs} held-out pairs ({rows} rows); mean two-stage soft-inlier score (train_weak.loss), 95% BCa "
+                 "bootstrap intervals over pairs (2000 resamples, seed 0; differences paired); no keypoints.")
     return "\n".join(lines)
 
 
@@ -199,8 +235,8 @@ def main(argv=None) -> int:
         cfg = resolve("train_weak", doc, where=str(path), profile=args.profile)
         records, root = heldout_records(cfg, args.rows)
         sizes = [(s, s) for s in dict.fromkeys(args.at)]
-        scores = yardstick_scores(models, records, root, sizes, cfg.loss.to_dict(), use_flip=bool(cfg.data.use_flip),
-                                  seed=int(cfg.seed), batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+        per_pair = per_pair_scores(models, records, root, sizes, cfg.loss.to_dict(), use_flip=bool(cfg.data.use_flip),
+                                   seed=int(cfg.seed), batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -208,13 +244,18 @@ def main(argv=None) -> int:
 
     first = next(iter(models.values()))
     feature_sizes = {s: _feature_size(first.feature_extraction, s) for s in sizes}
-    print(markdown(scores, models, feature_sizes, len(records), args.rows))
+    baseline = next(iter(models))
+    summary = summarise(per_pair, baseline)
+    print(markdown(summary, models, feature_sizes, len(records), args.rows, baseline))
     if args.out:
         write_json(args.out, {
             "command": "python -m weakalign.training.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
             "rows": args.rows, "pairs": len(records), "profile": cfg.profile, "loss": cfg.loss.to_dict(),
             "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size)} for n in models},
-            "scores": {n: {_label(s): v for s, v in per.items()} for n, per in scores.items()},
+            "baseline": baseline,
+            "scores": {n: {_label(s): d for s, d in per.items()} for n, per in summary.items()},
+            "per_pair": {n: {_label(s): [round(float(x), 7) for x in v] for s, v in per.items()} for n, per in per_pair.items()},
+            "pairs_listed": [f"{r.source}|{r.target}|{int(bool(r.flip))}" for r in records],
             "correlation_cells": {_label(s): list(feature_sizes[s]) for s in sizes},
             "seconds": round(time.perf_counter() - t0, 1),
         })
