@@ -109,12 +109,15 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     assert main(["--model", f"a={tmp_path / 'a.pt'}+{tmp_path / 'b.pt'}+{tmp_path / 'c.pt'}", "--at", "240"]) == 2
     assert main(["--model", "a=x.pt", "--at", "3"]) == 2
     assert "a size in pixels" in capsys.readouterr().err
+    assert main(["--model", "a-b=x.pt", "--at", "240"]) == 2
+    assert main(["--model", "a=x.pt", "--compare", "a-c", "--at", "240"]) == 2
+    assert "expected A-B with two names" in capsys.readouterr().err
 
 
 def test_summary_pairs_the_differences():
     import numpy as np
 
-    from weakalign.training.yardstick import markdown, summarise
+    from weakalign.training.yardstick import differences, markdown, summarise
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.1, 0.3, 50)
@@ -125,5 +128,10 @@ def test_summary_pairs_the_differences():
     m = s["a"][(240, 240)]["mean"]
     assert m["estimate"] == pytest.approx(base.mean()) and m["low"] < m["estimate"] < m["high"]
     assert "minus_a" not in s["a"][(240, 240)] and s["identity"][(240, 240)]["minus_a"]["high"] < 0
-    text = markdown(s, {}, {(240, 240): (15, 15)}, 50, "report", "a")
+    diffs = differences(per_pair, [("a", "b"), ("b", "identity")], resamples=200)
+    assert diffs["a - b"][(240, 240)]["estimate"] == pytest.approx(-0.01) and diffs["b - identity"][(240, 240)]["low"] > 0.01
+    with pytest.raises(UserError, match="no model named 'c'"):
+        differences(per_pair, [("a", "c")])
+    text = markdown(s, {}, {(240, 240): (15, 15)}, 50, "report", "a", diffs)
     assert "15x15 correlation (240x240 images)" in text and "minus a: +0.0100 [+0.0100, +0.0100]" in text
+    assert "| a - b | -0.0100 [-0.0100, -0.0100] |" in text

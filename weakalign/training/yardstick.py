@@ -157,6 +157,25 @@ def _label(size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
+def differences(per_pair: dict, comparisons, resamples: int = 2000, seed: int = 0) -> dict:
+    """``{"A - B": {size: {estimate, low, high}}}``: mean over pairs of (score of A - score of B)
+    with a 95% BCa bootstrap interval, the same resampled pairs for both models."""
+    import numpy as np
+
+    from ..evaluation.stats import multiplicities, weighted_mean_ci
+
+    out = {}
+    for a, b in comparisons:
+        for n in (a, b):
+            if n not in per_pair:
+                raise _user_error(f"--compare {a}-{b}: no model named {n!r} (known: {', '.join(per_pair)})")
+        out[f"{a} - {b}"] = {}
+        for s, v in per_pair[a].items():
+            r = weighted_mean_ci(v - per_pair[b][s], np.ones(len(v)), multiplicities(len(v), resamples, seed))
+            out[f"{a} - {b}"][s] = {"estimate": r["estimate"], "low": r["low"], "high": r["high"]}
+    return out
+
+
 def summarise(per_pair: dict, baseline: str, resamples: int = 2000, seed: int = 0) -> dict:
     """Mean with a 95% BCa bootstrap interval per model and size, and each model's paired
     difference to ``baseline`` (same resampled pairs for both; :mod:`weakalign.evaluation.stats`)."""
@@ -177,7 +196,7 @@ def summarise(per_pair: dict, baseline: str, resamples: int = 2000, seed: int = 
     return out
 
 
-def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows: str, baseline: str) -> str:
+def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows: str, baseline: str, diffs: dict | None = None) -> str:
     from ..evaluation.stats import fmt_ci, fmt_signed_ci
 
     sizes = list(next(iter(summary.values())))
@@ -195,6 +214,12 @@ def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows:
                 cell += f"; minus {baseline}: {fmt_signed_ci(d['estimate'], d['low'], d['high'], digits=4)}"
             cells.append(cell)
         lines.append(f"| {n} | {size} | " + " | ".join(cells) + " |")
+    if diffs:
+        lines += ["", "| paired difference | " + " | ".join(f"on the {_label(feature_sizes[s])} correlation" for s in sizes) + " |",
+                  "|" + "---|" * (1 + len(sizes))]
+        for name, per in diffs.items():
+            lines.append(f"| {name} | " + " | ".join(fmt_signed_ci(per[s]["estimate"], per[s]["low"], per[s]["high"], digits=4)
+                                                    for s in sizes) + " |")
     lines.append("")
     lines.append(f"{pairs} held-out pairs ({rows} rows); mean two-stage soft-inlier score (train_weak.loss), 95% BCa "
                  "bootstrap intervals over pairs (2000 resamples, seed 0; differences paired); no keypoints.")
@@ -212,6 +237,8 @@ def main(argv=None) -> int:
                    help="a model to score: NAME=AFFINE.pt+TPS.pt or NAME=TWO_STAGE.pt (repeatable)")
     p.add_argument("--at", action="append", type=int, required=True, metavar="SIZE",
                    help="square image size of a scoring correlation (repeatable), e.g. 240 (15 x 15 cells)")
+    p.add_argument("--compare", action="append", default=[], metavar="A-B",
+                   help="also report the paired difference of models A and B (repeatable; names as in --model)")
     p.add_argument("--rows", default="report", choices=["report", "selection", "all"])
     p.add_argument("--params", default=None, help="parameters file (default: params.yaml at the project root)")
     p.add_argument("--profile", default=None)
@@ -225,9 +252,15 @@ def main(argv=None) -> int:
         specs = {}
         for item in args.model:
             name, sep, spec = item.partition("=")
-            if not sep or not name or not spec or name == "identity" or name in specs:
-                raise _user_error(f"--model {item!r}: expected NAME=SPEC with a new NAME other than 'identity'")
+            if not sep or not name or not spec or name == "identity" or name in specs or "-" in name:
+                raise _user_error(f"--model {item!r}: expected NAME=SPEC with a new NAME (no '-', not 'identity')")
             specs[name] = spec
+        comparisons = []
+        for item in args.compare:
+            a, sep, b = item.partition("-")
+            if not sep or a not in specs | {"identity": ""} or b not in specs | {"identity": ""}:
+                raise _user_error(f"--compare {item!r}: expected A-B with two names given to --model (or 'identity')")
+            comparisons.append((a, b))
         if any(s < 16 for s in args.at):
             raise _user_error(f"--at {min(args.at)}: a size in pixels, e.g. 240")
         models = {n: load_two_stage(s) for n, s in specs.items()}
@@ -246,7 +279,8 @@ def main(argv=None) -> int:
     feature_sizes = {s: _feature_size(first.feature_extraction, s) for s in sizes}
     baseline = next(iter(models))
     summary = summarise(per_pair, baseline)
-    print(markdown(summary, models, feature_sizes, len(records), args.rows, baseline))
+    diffs = differences(per_pair, comparisons)
+    print(markdown(summary, models, feature_sizes, len(records), args.rows, baseline, diffs))
     if args.out:
         write_json(args.out, {
             "command": "python -m weakalign.training.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -254,6 +288,7 @@ def main(argv=None) -> int:
             "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size)} for n in models},
             "baseline": baseline,
             "scores": {n: {_label(s): d for s, d in per.items()} for n, per in summary.items()},
+            "differences": {k: {_label(s): d for s, d in per.items()} for k, per in diffs.items()},
             "per_pair": {n: {_label(s): [round(float(x), 7) for x in v] for s, v in per.items()} for n, per in per_pair.items()},
             "pairs_listed": [f"{r.source}|{r.target}|{int(bool(r.flip))}" for r in records],
             "correlation_cells": {_label(s): list(feature_sizes[s]) for s in sizes},
