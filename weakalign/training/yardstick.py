@@ -153,6 +153,17 @@ def per_pair_scores(models: dict, records, image_root, sizes, loss: dict, *, use
     return {n: {s: torch.cat(v).numpy() for s, v in per.items()} for n, per in parts.items()}
 
 
+def _md5(path) -> str:
+    """MD5 of a model file, as ``dvc.lock`` records outputs (to tell which run a file came from)."""
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _label(size) -> str:
     return f"{size[0]}x{size[1]}"
 
@@ -285,7 +296,8 @@ def main(argv=None) -> int:
         write_json(args.out, {
             "command": "python -m weakalign.training.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
             "rows": args.rows, "pairs": len(records), "profile": cfg.profile, "loss": cfg.loss.to_dict(),
-            "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size)} for n in models},
+            "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size),
+                           "md5": [_md5(p) for p in specs[n].split("+")]} for n in models},
             "baseline": baseline,
             "scores": {n: {_label(s): d for s, d in per.items()} for n, per in summary.items()},
             "differences": {k: {_label(s): d for s, d in per.items()} for k, per in diffs.items()},
