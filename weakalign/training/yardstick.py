@@ -22,8 +22,13 @@ rows that select epochs, ``all``: both), flips as listed, the loss's ``TwoStageI
 SPEC: ``AFFINE.pt+TPS.pt`` (two strong one-stage checkpoints, assembled like ``train_weak``'s
 init) or ``TWO_STAGE.pt`` (a ``train_weak`` output). All models must share one frozen backbone
 (the default profile trains regressors only); the correlation of column ``--at S`` is that
-backbone's on S x S images. Output: a Markdown table on stdout and, with ``--out``, a JSON file
-(written atomically) with every number and the inputs.
+backbone's on S x S images.
+
+Output: a Markdown table on stdout (mean score per model and size with a 95% BCa bootstrap
+interval over pairs, each model's paired difference to the first ``--model``, and with
+``--compare A-B`` more paired differences) and, with ``--out``, a JSON file (written atomically)
+with every number, the per-pair scores and the inputs (each model file's MD5, as ``dvc.lock``
+records it). Used for the 320 x 320 experiment in ``reports/experiments/model_choice/``.
 """
 
 from __future__ import annotations
