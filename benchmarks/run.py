@@ -57,7 +57,7 @@ def environment() -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),  # UTC: a zone name like "CET" is ambiguous
         "loadavg_start": _loadavg(),
     }
 
