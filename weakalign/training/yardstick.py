@@ -17,7 +17,8 @@ the held-out pair list ``train_weak.data.val`` subsampled as the stage does
 (``max_val_pairs``, ``seed``), its *odd* rows (the report rows; ``--rows selection``: the even
 rows that select epochs, ``all``: both), flips as listed, the loss's ``TwoStageInlierScore`` with
 ``train_weak.loss``. No keypoints are used anywhere. The identity transformation is scored too
-(row ``identity``), as the floor.
+(row ``identity``), as the floor. ``--variant NAME`` scores with that ``train_weak`` variant's
+loss instead. Everything runs in float32 (``train_weak.amp`` is not applied).
 
 SPEC: ``AFFINE.pt+TPS.pt`` (two strong one-stage checkpoints, assembled like ``train_weak``'s
 init) or ``TWO_STAGE.pt`` (a ``train_weak`` output). All models must share one frozen backbone
@@ -89,11 +90,21 @@ def load_two_stage(spec: str, backbone_factory=None):
     raise _user_error(f"model spec {spec!r}: expected AFFINE.pt+TPS.pt or TWO_STAGE.pt")
 
 
+#: the model settings the scoring correlation depends on (the first model's are used for all)
+_CORRELATION_SETTINGS = ("backbone", "normalize_features", "normalize_matches")
+
+
 def _same_backbone(models: dict) -> None:
     names = list(models)
-    ref = models[names[0]].feature_extraction.state_dict()
+    first = models[names[0]]
+    ref = first.feature_extraction.state_dict()
     for n in names[1:]:
-        sd = models[n].feature_extraction.state_dict()
+        m = models[n]
+        for key in _CORRELATION_SETTINGS:
+            if getattr(m.config, key) != getattr(first.config, key):
+                raise _user_error(f"models {names[0]} and {n} differ in {key} ({getattr(first.config, key)!r} vs "
+                                  f"{getattr(m.config, key)!r}); the yardstick scores every model on one correlation")
+        sd = m.feature_extraction.state_dict()
         if sd.keys() != ref.keys() or any(not torch.equal(sd[k], ref[k]) for k in ref):
             raise _user_error(f"models {names[0]} and {n} have different backbones; the yardstick needs one frozen backbone "
                               "shared by every model (train_parts: regressors)")
@@ -258,6 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="report", choices=["report", "selection", "all"])
     p.add_argument("--params", default=None, help="parameters file (default: params.yaml at the project root)")
     p.add_argument("--profile", default=None)
+    p.add_argument("--variant", default=None, help="a train_weak variant whose loss scores (e.g. tolerance_1; default: the main run's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="JSON file to write (atomically)")
@@ -281,7 +293,7 @@ def main(argv=None) -> int:
             raise _user_error(f"--at {min(args.at)}: a size in pixels, e.g. 240")
         models = {n: load_two_stage(s) for n, s in specs.items()}
         doc, path = read_params_file(args.params)
-        cfg = resolve("train_weak", doc, where=str(path), profile=args.profile)
+        cfg = resolve("train_weak", doc, where=str(path), profile=args.profile, variant=args.variant)
         records, root = heldout_records(cfg, args.rows)
         sizes = [(s, s) for s in dict.fromkeys(args.at)]
         per_pair = per_pair_scores(models, records, root, sizes, cfg.loss.to_dict(), use_flip=bool(cfg.data.use_flip),
@@ -300,7 +312,8 @@ def main(argv=None) -> int:
     if args.out:
         write_json(args.out, {
             "command": "python -m weakalign.training.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
-            "rows": args.rows, "pairs": len(records), "profile": cfg.profile, "loss": cfg.loss.to_dict(),
+            "rows": args.rows, "pairs": len(records), "profile": cfg.profile, "variant": args.variant or "default",
+            "loss": cfg.loss.to_dict(),
             "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size),
                            "md5": [_md5(p) for p in specs[n].split("+")]} for n in models},
             "baseline": baseline,
