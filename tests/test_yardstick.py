@@ -1,4 +1,4 @@
-"""The cross-resolution yardstick (weakalign.training.yardstick): at a model's own input size it
+"""The cross-resolution yardstick (weakalign.yardstick): at a model's own input size it
 is the training code's held-out score; theta carries over between sizes; bad inputs are refused."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from weakalign.models import ModelConfig, TwoStageCNNGeometric
 from weakalign.training.params import resolve
 from weakalign.training.strong import train_strong
 from weakalign.training.weak import WeakPairs, train_weak
-from weakalign.training.yardstick import heldout_records, load_two_stage, main, yardstick_scores
+from weakalign.yardstick import heldout_records, load_two_stage, main, yardstick_scores
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_models_that_correlate_differently_are_refused(data, tmp_path):
 def test_summary_pairs_the_differences():
     import numpy as np
 
-    from weakalign.training.yardstick import differences, markdown, summarise
+    from weakalign.yardstick import differences, markdown, summarise
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.1, 0.3, 50)

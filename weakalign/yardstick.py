@@ -1,6 +1,6 @@
 """Held-out soft-inlier score of two-stage models on one fixed correlation, whatever their input size.
 
-``python -m weakalign.training.yardstick --model NAME=SPEC ... --at 240 [--at 320] [--out FILE]``
+``python -m weakalign.yardstick --model NAME=SPEC ... --at 240 [--at 320] [--out FILE]``
 
 Why: the weak stage's held-out score (``heldout_score_before`` / ``_after`` in
 ``reports/metrics/train_weak.json``) is taken on the model's *own* stage-1 correlation: 15 x 15
@@ -30,12 +30,14 @@ interval over pairs, each model's paired difference to the first ``--model``, an
 ``--compare A-B`` more paired differences) and, with ``--out``, a JSON file (written atomically)
 with every number, the per-pair scores and the inputs (each model file's MD5, as ``dvc.lock``
 records it). Used for the 320 x 320 experiment in ``reports/experiments/model_choice/``.
+
+Kept out of ``weakalign/training``: the training stages of ``dvc.yaml`` depend on that whole
+folder, and no stage runs this module.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,7 +57,7 @@ def heldout_records(cfg, rows: str = "report"):
     """``(records, image_root)`` of the weak stage's held-out pairs as ``train_weak`` builds them:
     ``data.val`` subsampled to ``data.max_val_pairs`` (seed ``cfg.seed``); even rows select
     epochs, odd rows are the reported before/after numbers (``rows``: report | selection | all)."""
-    from .sources import pair_list, subsample
+    from .training.sources import pair_list, subsample
 
     data = cfg.data
     recs, root = pair_list(data.val, data.root, "train_weak.data.val", data.use_flip)
@@ -69,8 +71,8 @@ def heldout_records(cfg, rows: str = "report"):
 def load_two_stage(spec: str, backbone_factory=None):
     """A :class:`~weakalign.models.TwoStageCNNGeometric` from ``AFFINE.pt+TPS.pt`` or ``TWO_STAGE.pt``
     (``backbone_factory``: builds a backbone the registry does not know, for the strong pair; tests)."""
-    from ..models import TwoStageCNNGeometric, load_checkpoint
-    from .weak import load_stage
+    from .models import TwoStageCNNGeometric, load_checkpoint
+    from .training.weak import load_stage
 
     parts = [Path(p) for p in spec.split("+")]
     for p in parts:
@@ -125,9 +127,9 @@ def per_pair_scores(models: dict, records, image_root, sizes, loss: dict, *, use
     """``{name: {size: float64 array of one score per record}}``, as :func:`yardstick_scores` averages them."""
     from torch.utils.data import DataLoader
 
-    from ..geometry import affine_identity, tps_identity
-    from ..losses import TwoStageInlierScore
-    from .weak import WeakPairs
+    from .geometry import affine_identity, tps_identity
+    from .losses import TwoStageInlierScore
+    from .training.weak import WeakPairs
 
     if not models:
         raise _user_error("no model to score")
@@ -189,7 +191,7 @@ def differences(per_pair: dict, comparisons, resamples: int = 2000, seed: int = 
     with a 95% BCa bootstrap interval, the same resampled pairs for both models."""
     import numpy as np
 
-    from ..evaluation.stats import multiplicities, weighted_mean_ci
+    from .evaluation.stats import multiplicities, weighted_mean_ci
 
     out = {}
     for a, b in comparisons:
@@ -208,7 +210,7 @@ def summarise(per_pair: dict, baseline: str, resamples: int = 2000, seed: int = 
     difference to ``baseline`` (same resampled pairs for both; :mod:`weakalign.evaluation.stats`)."""
     import numpy as np
 
-    from ..evaluation.stats import multiplicities, weighted_mean_ci
+    from .evaluation.stats import multiplicities, weighted_mean_ci
 
     out = {}
     for n, per in per_pair.items():
@@ -224,7 +226,7 @@ def summarise(per_pair: dict, baseline: str, resamples: int = 2000, seed: int = 
 
 
 def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows: str, baseline: str, diffs: dict | None = None) -> str:
-    from ..evaluation.stats import fmt_ci, fmt_signed_ci
+    from .evaluation.stats import fmt_ci, fmt_signed_ci
 
     sizes = list(next(iter(summary.values())))
     head = "| model | input | " + " | ".join(f"score on the {_label(feature_sizes[s])} correlation ({_label(s)} images)"
@@ -254,11 +256,11 @@ def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows:
 
 
 def main(argv=None) -> int:
-    from ..atomic import write_json
-    from ..cli import UserError
-    from .params import read_params_file, resolve
+    from .atomic import write_json
+    from .cli import UserError
+    from .training.params import read_params_file, resolve
 
-    p = argparse.ArgumentParser(prog="python -m weakalign.training.yardstick", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m weakalign.yardstick", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                    help="a model to score: NAME=AFFINE.pt+TPS.pt or NAME=TWO_STAGE.pt (repeatable)")
@@ -301,7 +303,7 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ..models.cnngeometric import _feature_size
+    from .models.cnngeometric import _feature_size
 
     first = next(iter(models.values()))
     feature_sizes = {s: _feature_size(first.feature_extraction, s) for s in sizes}
@@ -311,7 +313,7 @@ def main(argv=None) -> int:
     print(markdown(summary, models, feature_sizes, len(records), args.rows, baseline, diffs))
     if args.out:
         write_json(args.out, {
-            "command": "python -m weakalign.training.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m weakalign.yardstick " + " ".join(sys.argv[1:] if argv is None else argv),
             "rows": args.rows, "pairs": len(records), "profile": cfg.profile, "variant": args.variant or "default",
             "loss": cfg.loss.to_dict(),
             "models": {n: {"spec": specs[n], "image_size": list(models[n].config.image_size),
