@@ -132,6 +132,10 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     assert "expected AFFINE.pt+TPS.pt or TWO_STAGE.pt" in err(["--model", "a=" + "+".join(files), "--at", "240"])
     assert "expected A-B with two names" in err(["--model", f"a={files[0]}", "--compare", "a-c", "--at", "240"])
     assert "a size in pixels" in err(["--model", f"a={files[0]}", "--at", "3"])
+    # an empty checkpoint: one line naming it, exit status 1, no traceback
+    assert main(["--model", f"a={files[0]}", "--at", "240"]) == 1
+    msg = capsys.readouterr().err
+    assert msg.startswith("error: ") and "a.pt" in msg and "Traceback" not in msg and msg.count("\n") == 1
 
 
 def test_models_that_correlate_differently_are_refused(data, tmp_path):
@@ -166,3 +170,22 @@ def test_summary_pairs_the_differences():
     text = markdown(s, {}, {(240, 240): (15, 15)}, 50, "report", "a", diffs)
     assert "15x15 correlation (240x240 images)" in text and "minus a: +0.0100 [+0.0100, +0.0100]" in text
     assert "| a - b | -0.0100 [-0.0100, -0.0100] |" in text
+
+
+def test_missing_and_corrupt_images_are_named(data, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(data, root)
+    cfg = weak_cfg(root, tmp_path, tmp_path)
+    records, _ = heldout_records(cfg, "all")
+    (root / records[0].source).unlink()
+    with pytest.raises(UserError, match=f"1 image\\(s\\) missing, e.g. .*{records[0].source}"):
+        heldout_records(cfg, "all")
+    (root / records[0].source).write_bytes(b"not a png")
+    torch.manual_seed(0)
+    m = _fixed_model((176, 176), TinyBackbone(), [1, 0, 0, 0, 1, 0], tps_identity(1)[0].tolist())
+    from weakalign.data.images import CorruptImageError
+
+    with pytest.raises(CorruptImageError, match=records[0].source.split("/")[-1]):
+        yardstick_scores({"m": m}, records, root, [(176, 176)], {})

@@ -57,7 +57,7 @@ def heldout_records(cfg, rows: str = "report"):
     """``(records, image_root)`` of the weak stage's held-out pairs as ``train_weak`` builds them:
     ``data.val`` subsampled to ``data.max_val_pairs`` (seed ``cfg.seed``); even rows select
     epochs, odd rows are the reported before/after numbers (``rows``: report | selection | all)."""
-    from .training.sources import pair_list, subsample
+    from .training.sources import check_images, pair_list, subsample
 
     data = cfg.data
     recs, root = pair_list(data.val, data.root, "train_weak.data.val", data.use_flip)
@@ -65,6 +65,7 @@ def heldout_records(cfg, rows: str = "report"):
     picked = {"selection": recs[0::2], "report": recs[1::2], "all": recs}
     if rows not in picked:
         raise _user_error(f"rows must be one of {', '.join(picked)} (got {rows!r})")
+    check_images(list(dict.fromkeys(root / p for r in picked[rows] for p in (r.source, r.target))), "train_weak.data.val")
     return picked[rows], root
 
 
@@ -257,7 +258,7 @@ def markdown(summary: dict, models: dict, feature_sizes: dict, pairs: int, rows:
 
 def main(argv=None) -> int:
     from .atomic import write_json
-    from .cli import UserError
+    from .cli import UserError, _one_line, expected_errors
     from .training.params import read_params_file, resolve
 
     p = argparse.ArgumentParser(prog="python -m weakalign.yardstick", description=__doc__.split("\n\n")[0],
@@ -278,6 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
+    torch.set_flush_denormal(True)  # as the weakalign command (and so the training stages) runs
     try:
         specs = {}
         for item in args.model:
@@ -303,6 +305,9 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except expected_errors() as exc:  # a corrupt image, an unreadable checkpoint...: one line, no traceback
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     from .models.cnngeometric import _feature_size
 
     first = next(iter(models.values()))
