@@ -150,19 +150,21 @@ def per_pair_scores(models: dict, records, image_root, sizes, loss: dict, *, use
     parts = {n: {s: [] for s in sizes} for n in [*models, "identity"]}
     batches = zip(*(loaders[s] for s in needed))
     if progress:
-        from tqdm import tqdm
+        from .training.engine import progress_bar
 
-        batches = tqdm(batches, total=len(loaders[needed[0]]), desc="yardstick", unit="batch")
+        batches = progress_bar(batches, total=len(loaders[needed[0]]), desc="yardstick", unit="batch")
     for group in batches:
         by_size = dict(zip(needed, group))
+        # the backbone is shared (checked above): stage-1 features once per size, for every model and the yardstick
+        images = {s: (b["source_image"].to(device), b["target_image"].to(device)) for s, b in by_size.items()}
+        feats = {s: (fe(fe.normalize(src)), fe(fe.normalize(tgt))) for s, (src, tgt) in images.items()}
         thetas = {}
         for n, m in models.items():
-            b = by_size[tuple(m.config.image_size)]
-            out = m(b["source_image"].to(device), b["target_image"].to(device))
+            s = tuple(m.config.image_size)
+            out = m(images[s][0], None, f_src=feats[s][0], f_tgt=feats[s][1])
             thetas[n] = (out.theta_aff, out.theta_aff_tps)
         for s in sizes:
-            b = by_size[s]
-            corr = correlation(fe(fe.normalize(b["source_image"].to(device))), fe(fe.normalize(b["target_image"].to(device))))
+            corr = correlation(*feats[s])
             if s not in scorers:
                 scorers[s] = TwoStageInlierScore(corr.shape[-2], corr.shape[-1], **loss).to(device)
             k = corr.shape[0]
@@ -187,42 +189,39 @@ def _label(size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def differences(per_pair: dict, comparisons, resamples: int = 2000, seed: int = 0) -> dict:
-    """``{"A - B": {size: {estimate, low, high}}}``: mean over pairs of (score of A - score of B)
-    with a 95% BCa bootstrap interval, the same resampled pairs for both models."""
+def _mean_ci(values, resamples: int, seed: int) -> dict:
+    """Mean over pairs with its 95% BCa bootstrap interval (:mod:`weakalign.evaluation.stats`; the
+    same seed draws the same resampled pairs for every model, so differences are paired)."""
     import numpy as np
 
     from .evaluation.stats import multiplicities, weighted_mean_ci
 
+    r = weighted_mean_ci(values, np.ones(len(values)), multiplicities(len(values), resamples, seed))
+    return {"estimate": r["estimate"], "low": r["low"], "high": r["high"]}
+
+
+def differences(per_pair: dict, comparisons, resamples: int = 2000, seed: int = 0) -> dict:
+    """``{"A - B": {size: {estimate, low, high}}}``: mean over pairs of (score of A - score of B)
+    with a 95% BCa bootstrap interval, the same resampled pairs for both models."""
     out = {}
     for a, b in comparisons:
         for n in (a, b):
             if n not in per_pair:
                 raise _user_error(f"--compare {a}-{b}: no model named {n!r} (known: {', '.join(per_pair)})")
-        out[f"{a} - {b}"] = {}
-        for s, v in per_pair[a].items():
-            r = weighted_mean_ci(v - per_pair[b][s], np.ones(len(v)), multiplicities(len(v), resamples, seed))
-            out[f"{a} - {b}"][s] = {"estimate": r["estimate"], "low": r["low"], "high": r["high"]}
+        out[f"{a} - {b}"] = {s: _mean_ci(v - per_pair[b][s], resamples, seed) for s, v in per_pair[a].items()}
     return out
 
 
 def summarise(per_pair: dict, baseline: str, resamples: int = 2000, seed: int = 0) -> dict:
     """Mean with a 95% BCa bootstrap interval per model and size, and each model's paired
     difference to ``baseline`` (same resampled pairs for both; :mod:`weakalign.evaluation.stats`)."""
-    import numpy as np
-
-    from .evaluation.stats import multiplicities, weighted_mean_ci
-
     out = {}
     for n, per in per_pair.items():
         out[n] = {}
         for s, v in per.items():
-            counts = multiplicities(len(v), resamples, seed)
-            w = np.ones(len(v))
-            row = {"mean": weighted_mean_ci(v, w, counts)}
+            out[n][s] = {"mean": _mean_ci(v, resamples, seed)}
             if n != baseline:
-                row[f"minus_{baseline}"] = weighted_mean_ci(v - per_pair[baseline][s], w, counts)
-            out[n][s] = {k: {"estimate": r["estimate"], "low": r["low"], "high": r["high"]} for k, r in row.items()}
+                out[n][s][f"minus_{baseline}"] = _mean_ci(v - per_pair[baseline][s], resamples, seed)
     return out
 
 
